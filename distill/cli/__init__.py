@@ -1,0 +1,1 @@
+"""Console entry points: thin Hydra apps over the package."""

@@ -1,0 +1,79 @@
+"""What every loss term sees, and how terms are combined into one training loss."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from distill.errors import ConfigError
+
+
+@dataclass
+class StepOutputs:
+    """Everything a loss term may read for one training batch."""
+
+    student_logits: Tensor
+    targets: Tensor
+    teacher_logits: Tensor | None = None
+
+
+class LossTerm(nn.Module):
+    """One weighted term of the training loss.
+
+    Subclasses implement `compute(outputs)` by calling their pure function, and set
+    `requires_teacher` when they read teacher outputs (the run then provisions a teacher).
+    """
+
+    requires_teacher: bool = False
+
+    def __init__(self, weight: float = 1.0) -> None:
+        super().__init__()
+        self.weight = check_weight(weight)
+
+    def compute(self, outputs: StepOutputs) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, outputs: StepOutputs) -> Tensor:
+        if self.requires_teacher and outputs.teacher_logits is None:
+            raise RuntimeError(f"{type(self).__name__} needs teacher logits, and none were given")
+        return self.compute(outputs)
+
+
+def check_weight(weight: float, field: str = "weight") -> float:
+    """A term's weight must be a finite, non-negative number."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise ConfigError(field, weight, "a finite number >= 0")
+    if not math.isfinite(weight) or weight < 0:
+        raise ConfigError(field, weight, "a finite number >= 0")
+    return float(weight)
+
+
+class WeightedSum(nn.Module):
+    """The training loss: sum over terms of `weight * term(outputs)`.
+
+    Returns the total and each term's unweighted value, so both can be logged.
+    """
+
+    def __init__(self, terms: Mapping[str, LossTerm]) -> None:
+        super().__init__()
+        if not terms:
+            raise ConfigError("loss", {}, "at least one loss term, e.g. loss=[ce,kd]")
+        for name, term in terms.items():
+            if not isinstance(term, LossTerm):
+                raise ConfigError(
+                    f"loss.{name}", type(term).__name__, "a distill.losses.LossTerm subclass"
+                )
+        self.terms = nn.ModuleDict(dict(terms))
+
+    @property
+    def requires_teacher(self) -> bool:
+        return any(term.requires_teacher for term in self.terms.values())
+
+    def forward(self, outputs: StepOutputs) -> tuple[Tensor, dict[str, Tensor]]:
+        values = {name: term(outputs) for name, term in self.terms.items()}
+        total = torch.stack([self.terms[name].weight * value for name, value in values.items()])
+        return total.sum(), values

@@ -1,0 +1,43 @@
+"""Soft-target knowledge distillation (Hinton, Vinyals & Dean 2015, arXiv:1503.02531)."""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from distill.errors import ConfigError
+from distill.losses.base import LossTerm, StepOutputs
+
+
+def soft_target_kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over the batch.
+
+    The T^2 factor keeps the soft-target gradients on the same scale as the hard-label ones
+    when T changes (Hinton et al. 2015, section 2).
+    """
+    log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
+    log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
+    kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    return kl * temperature**2
+
+
+class SoftTargetKD(LossTerm):
+    """Hinton KD term; `temperature` > 0 softens both distributions."""
+
+    requires_teacher = True
+
+    def __init__(self, temperature: float = 4.0, weight: float = 1.0) -> None:
+        super().__init__(weight)
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or not math.isfinite(temperature)
+            or temperature <= 0
+        ):
+            raise ConfigError("temperature", temperature, "a finite number > 0")
+        self.temperature = float(temperature)
+
+    def compute(self, outputs: StepOutputs) -> Tensor:
+        return soft_target_kd(outputs.student_logits, outputs.teacher_logits, self.temperature)

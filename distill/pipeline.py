@@ -1,0 +1,252 @@
+"""One distillation run, from a composed config to a tested student and `summary.json`.
+
+Order matters: everything the user configured is built and checked first (data, models,
+loss, optimizer, trainer, teacher checkpoint), so a bad setting fails in seconds, before any
+teacher is trained or any file is written as if the run succeeded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch import nn
+
+from distill.config import build, build_named
+from distill.data import ClassificationDataModule
+from distill.errors import ConfigError
+from distill.files import atomic_write, atomic_write_json
+from distill.losses import CrossEntropy, WeightedSum
+from distill.module import DistillationModule
+from distill.summary import (
+    artifact,
+    count_nonzero_parameters,
+    count_parameters,
+    print_summary,
+    weight_sparsity,
+)
+from distill.teacher import load_weights
+from distill.teacher_cache import TeacherCache
+
+log = logging.getLogger(__name__)
+
+# Settings that change how fast data loads but not what a teacher learns from it.
+DATA_KEYS_NOT_IN_CACHE_KEY = ("num_workers", "eval_batch_size")
+
+# Lightning warns about modules in eval mode when training starts; the frozen teacher is
+# exactly that, on purpose.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run the recipe in `cfg`; returns the summary that is also written to summary.json."""
+    started = time.perf_counter()
+    run_dir = Path(cfg.paths.output_dir)
+    ensure_fresh_run_dir(run_dir)
+    pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule: ClassificationDataModule = build(cfg.data, "data")
+    datamodule.setup("fit")
+    loss = WeightedSum(build_named(cfg.loss, "loss"))
+    student: nn.Module = build(cfg.student, "student")
+    check_fits_data(student, datamodule, "student")
+    teacher = None
+    if loss.requires_teacher:
+        teacher = build(cfg.teacher.model, "teacher.model")
+        check_fits_data(teacher, datamodule, "teacher.model")
+        if cfg.teacher.checkpoint:
+            load_weights(teacher, cfg.teacher.checkpoint, field="teacher.checkpoint")
+    optimizer = build(cfg.optimizer, "optimizer")
+    lr_scheduler = build(cfg.lr_scheduler, "lr_scheduler") if cfg.lr_scheduler else None
+    callbacks = list(build_named(cfg.callbacks, "callbacks").values())
+    loggers = list(build_named(cfg.logger, "logger").values())
+    trainer: pl.Trainer = build(
+        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False
+    )
+
+    teacher_facts: dict[str, Any] = {}
+    teacher_started = time.perf_counter()
+    if teacher is not None:
+        teacher_facts = provide_teacher(cfg, teacher, datamodule)
+    teacher_s = time.perf_counter() - teacher_started
+    module = DistillationModule(
+        student,
+        loss,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        num_classes=datamodule.num_classes,
+        teacher=teacher,
+    )
+
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    # Reseed so the student's run is the same whether the teacher was trained or cached.
+    pl.seed_everything(cfg.seed, workers=True)
+    fit_started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    fit_s = time.perf_counter() - fit_started
+
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+    test_started = time.perf_counter()
+    (results,) = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+    test_s = time.perf_counter() - test_started
+    if not trainer.is_global_zero:
+        return {}
+
+    student_path = atomic_write(
+        run_dir / "student.pt", lambda handle: torch.save(student.state_dict(), handle)
+    )
+    artifacts = {"student": artifact(student_path, run_dir)}
+    if best:
+        artifacts["checkpoint_best"] = artifact(Path(best), run_dir)
+    if isinstance(checkpoint, ModelCheckpoint) and checkpoint.last_model_path:
+        artifacts["checkpoint_last"] = artifact(Path(checkpoint.last_model_path), run_dir)
+    sparsity_global, sparsity_layers = weight_sparsity(student)
+    summary = {
+        "seed": cfg.seed,
+        "output_dir": str(run_dir),
+        "data": {
+            "target": cfg.data._target_,
+            "num_classes": datamodule.num_classes,
+            "input_shape": list(datamodule.input_shape),
+        },
+        "teacher": None,
+        "student": {
+            "target": cfg.student._target_,
+            "test_acc": results["test/acc"],
+            "test_acc_top5": results.get("test/acc_top5"),
+            "agreement": results.get("test/agreement"),
+            "params_total": count_parameters(student),
+            "params_nonzero": count_nonzero_parameters(student),
+        },
+        "sparsity": {"global": sparsity_global, "layers": sparsity_layers},
+        "artifacts": artifacts,
+        "loss": {name: type(term).__name__ for name, term in loss.terms.items()},
+        "timing": {
+            "teacher_s": teacher_s,
+            "fit_s": fit_s,
+            "test_s": test_s,
+            "epochs": trainer.current_epoch,
+            "total_s": time.perf_counter() - started,
+        },
+    }
+    if teacher is not None:
+        summary["teacher"] = {
+            "target": cfg.teacher.model._target_,
+            "test_acc": results["test/teacher_acc"],
+            "params_total": count_parameters(teacher),
+            **teacher_facts,
+        }
+    atomic_write_json(run_dir / "summary.json", summary)
+    print_summary(summary)
+    return summary
+
+
+def ensure_fresh_run_dir(run_dir: Path) -> None:
+    """A run never writes into another run's directory."""
+    if (run_dir / "summary.json").exists() or any((run_dir / "checkpoints").glob("*.ckpt")):
+        raise ConfigError(
+            "hydra.run.dir",
+            str(run_dir),
+            "a directory that holds no earlier run (it has summary.json or checkpoints)",
+        )
+
+
+def check_fits_data(model: nn.Module, datamodule: ClassificationDataModule, field: str) -> None:
+    """One example batch through `model`: it must take the inputs and give one logit per class."""
+    inputs = datamodule.example_input_batch(2)
+    was_training = model.training
+    model.eval()  # so BatchNorm statistics are not touched by this probe
+    try:
+        with torch.no_grad():
+            logits = model(inputs)
+    except Exception as error:
+        raise ConfigError(
+            field,
+            _target_name(model),
+            f"a model that takes inputs of shape {tuple(inputs.shape)} ({error})",
+        ) from error
+    finally:
+        model.train(was_training)
+    if not isinstance(logits, torch.Tensor) or logits.shape != (2, datamodule.num_classes):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ConfigError(
+            field,
+            _target_name(model),
+            f"a model whose output is (batch, {datamodule.num_classes}) logits for the "
+            f"{datamodule.num_classes} classes of the data; it gives {shape}",
+        )
+
+
+def provide_teacher(
+    cfg: DictConfig, teacher: nn.Module, datamodule: ClassificationDataModule
+) -> dict[str, Any]:
+    """Give `teacher` trained weights: from `teacher.checkpoint` (already loaded), or the cache."""
+    if cfg.teacher.checkpoint:
+        path = Path(cfg.teacher.checkpoint)
+        log.info("Teacher loaded from %s", path)
+        return {"origin": "checkpoint", "checkpoint": artifact(path, Path("/"))}
+    data_material = {
+        key: value
+        for key, value in OmegaConf.to_container(cfg.data, resolve=True).items()
+        if key not in DATA_KEYS_NOT_IN_CACHE_KEY
+    }
+    material = {
+        "model": OmegaConf.to_container(cfg.teacher.model, resolve=True),
+        "data": data_material,
+        "train": OmegaConf.to_container(cfg.teacher.train, resolve=True),
+        "seed": cfg.seed,
+    }
+    cached = TeacherCache(cfg.teacher.cache_dir).get_or_train(
+        teacher, material, train=lambda model: train_teacher(cfg, model, datamodule)
+    )
+    return {
+        "origin": cached.origin,
+        "checkpoint": artifact(cached.path, Path("/")),
+        "cache_key": cached.meta.get("key"),
+    }
+
+
+def train_teacher(
+    cfg: DictConfig, model: nn.Module, datamodule: ClassificationDataModule
+) -> dict[str, Any]:
+    """Supervised training of a teacher on the labels, with the teacher's own settings."""
+    started = time.perf_counter()
+    pl.seed_everything(cfg.seed, workers=True)
+    settings = cfg.teacher.train
+    module = DistillationModule(
+        model,
+        WeightedSum({"ce": CrossEntropy()}),
+        optimizer=build(settings.optimizer, "teacher.train.optimizer"),
+        lr_scheduler=(
+            build(settings.lr_scheduler, "teacher.train.lr_scheduler")
+            if settings.lr_scheduler
+            else None
+        ),
+        num_classes=datamodule.num_classes,
+    )
+    trainer: pl.Trainer = build(
+        cfg.trainer,
+        "trainer",
+        max_epochs=settings.max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[],
+        default_root_dir=str(Path(cfg.paths.output_dir) / "teacher"),
+    )
+    trainer.fit(module, datamodule=datamodule)
+    (results,) = trainer.test(module, datamodule=datamodule, verbose=False)
+    model.eval()
+    return {"test_acc": results["test/acc"], "train_s": time.perf_counter() - started}
+
+
+def _target_name(model: nn.Module) -> str:
+    return f"{type(model).__module__}.{type(model).__qualname__}"

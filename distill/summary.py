@@ -1,0 +1,77 @@
+"""Measuring a finished run and writing `summary.json`, the contract later tools read."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_nonzero_parameters(model: nn.Module) -> int:
+    return sum(int(torch.count_nonzero(p)) for p in model.parameters())
+
+
+def weight_sparsity(model: nn.Module) -> tuple[float, dict[str, float]]:
+    """Fraction of exactly-zero weights, over all conv/linear weights and per layer."""
+    layers: dict[str, float] = {}
+    zeros = total = 0
+    for name, module in model.named_modules():
+        if isinstance(module, PRUNABLE_TYPES):
+            weight = module.weight.detach()
+            layer_zeros = int((weight == 0).sum())
+            layers[name] = layer_zeros / weight.numel()
+            zeros += layer_zeros
+            total += weight.numel()
+    return (zeros / total if total else 0.0), layers
+
+
+def artifact(path: Path, run_dir: Path) -> dict[str, Any]:
+    """An artifact entry: its path (relative to the run directory when inside it) and size."""
+    path = Path(path)
+    try:
+        shown = str(path.resolve().relative_to(run_dir.resolve()))
+    except ValueError:
+        shown = str(path.resolve())
+    return {"path": shown, "bytes": path.stat().st_size}
+
+
+def print_summary(summary: Mapping[str, Any], console: Console | None = None) -> None:
+    """The short table a user reads at the end of `distill-train`."""
+    console = console or Console()
+    table = Table(title=f"distill run: {summary['output_dir']}")
+    table.add_column("")
+    table.add_column("teacher", justify="right")
+    table.add_column("student", justify="right")
+    teacher, student = summary.get("teacher") or {}, summary["student"]
+    artifacts = summary["artifacts"]
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.2f}%"
+
+    def size(entry: Mapping[str, Any] | None) -> str:
+        return "-" if not entry else f"{entry['bytes'] / 1024:.1f} KiB"
+
+    table.add_row("test accuracy", pct(teacher.get("test_acc")), pct(student["test_acc"]))
+    table.add_row(
+        "parameters", f"{teacher.get('params_total', 0):,}", f"{student['params_total']:,}"
+    )
+    table.add_row("weights file", size(teacher.get("checkpoint")), size(artifacts.get("student")))
+    table.add_row("agreement with teacher", "", pct(student.get("agreement")))
+    timing = summary["timing"]
+    table.add_row(
+        "wall time",
+        f"{timing.get('teacher_s', 0):.1f} s ({teacher.get('origin', '-')})",
+        f"{timing['fit_s']:.1f} s fit, {timing['total_s']:.1f} s total",
+    )
+    console.print(table)

@@ -1,0 +1,103 @@
+"""The frozen teacher, and loading its weights from a checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from distill.errors import ConfigError
+
+
+class FrozenTeacher(nn.Module):
+    """Wraps a trained model so that nothing can train it.
+
+    Lightning calls `.train()` on the whole LightningModule at every epoch start; a teacher
+    that followed would update BatchNorm statistics and apply dropout, so `train()` keeps it
+    in eval mode, `requires_grad_()` keeps its weights frozen, and the forward pass records no
+    graph.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.model.eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad = False
+
+    def train(self, mode: bool = True) -> FrozenTeacher:
+        return super().train(False)
+
+    def requires_grad_(self, requires_grad: bool = True) -> FrozenTeacher:
+        return super().requires_grad_(False)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        # no_grad rather than inference_mode: inference tensors cannot be saved for the
+        # student's backward pass, and the KD loss multiplies with teacher probabilities.
+        with torch.no_grad():
+            return self.model(inputs)
+
+
+def load_state_dict_file(path: str | Path, field: str) -> dict[str, Tensor]:
+    """Read a checkpoint safely (`weights_only=True`) and return the model's state_dict.
+
+    Accepts a plain state_dict, a dict with a "state_dict" entry (distill's teacher cache),
+    or a Lightning checkpoint of a distill run, whose student becomes the teacher.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(field, str(path), "the path of an existing checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a corrupt file can fail in any layer of the unpickler
+        raise ConfigError(
+            field, str(path), f"a readable torch checkpoint (loading failed: {error})"
+        ) from error
+    if isinstance(payload, Mapping) and "state_dict" in payload:
+        payload = payload["state_dict"]
+    if not isinstance(payload, Mapping) or not all(
+        isinstance(value, Tensor) for value in payload.values()
+    ):
+        raise ConfigError(field, str(path), "a checkpoint holding a state_dict of tensors")
+    state = dict(payload)
+    if state and all(key.startswith("student.") for key in state if not key.startswith("teacher.")):
+        state = {
+            k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")
+        }
+    return state
+
+
+def load_weights(model: nn.Module, path: str | Path, field: str) -> nn.Module:
+    """Load the checkpoint at `path` into `model`, or explain why it does not fit."""
+    state = load_state_dict_file(path, field)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in sorted(set(expected) & set(state))
+        if state[key].shape != expected[key].shape
+    ]
+    if missing or unexpected or mismatched:
+        problems = []
+        if missing:
+            problems.append(f"missing keys {_first(missing)}")
+        if unexpected:
+            problems.append(f"unexpected keys {_first(unexpected)}")
+        if mismatched:
+            problems.append(f"shape mismatches {_first(mismatched)}")
+        raise ConfigError(
+            field,
+            str(path),
+            f"a checkpoint of {type(model).__name__} as configured; this one has "
+            + "; ".join(problems),
+        )
+    model.load_state_dict(state)
+    return model
+
+
+def _first(items: list[str], count: int = 5) -> str:
+    shown = ", ".join(items[:count])
+    return f"[{shown}{', ...' if len(items) > count else ''}] ({len(items)} in all)"

@@ -1,0 +1,109 @@
+"""A directory of trained teachers, keyed by what determines their weights.
+
+Two runs that need the same teacher at the same time must not both write it, and a run that
+dies mid-write must not leave a half file that a later run trusts: an exclusive file lock
+serialises training of one key, and the weights appear only through an atomic rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.errors import ConfigError
+from distill.files import atomic_write, atomic_write_json
+from distill.teacher import load_weights
+
+try:  # POSIX; elsewhere the atomic rename alone keeps entries whole
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+log = logging.getLogger(__name__)
+
+# Bump when the meaning of a cached entry changes, so old entries are not reused.
+CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class CachedTeacher:
+    """Where a teacher came from: `origin` is "cache" or "trained"."""
+
+    origin: str
+    path: Path
+    meta: dict[str, Any]
+
+
+def cache_key(material: Mapping[str, Any]) -> str:
+    """A stable hash of the settings that determine a teacher's weights."""
+    canonical = json.dumps({"format": CACHE_FORMAT, **material}, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+class TeacherCache:
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory).expanduser()
+
+    def entry_dir(self, key: str) -> Path:
+        return self.directory / key
+
+    def get_or_train(
+        self,
+        model: nn.Module,
+        material: Mapping[str, Any],
+        train: Callable[[nn.Module], Mapping[str, Any]],
+    ) -> CachedTeacher:
+        """Load the cached teacher for `material` into `model`, or train and store it.
+
+        `train(model)` trains in place and returns facts worth keeping (test accuracy, time).
+        """
+        key = cache_key(material)
+        entry = self.entry_dir(key)
+        weights, meta_path = entry / "teacher.pt", entry / "meta.json"
+        try:
+            entry.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(
+                "teacher.cache_dir", str(self.directory), f"a writable directory ({error})"
+            ) from error
+        with _exclusive_lock(entry / ".lock"):
+            if weights.is_file():
+                try:
+                    load_weights(model, weights, field="teacher cache entry")
+                    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+                    log.info("Reusing cached teacher %s", weights)
+                    return CachedTeacher("cache", weights, meta)
+                except (ConfigError, json.JSONDecodeError) as error:
+                    log.warning("Cached teacher %s is unusable (%s); training again", entry, error)
+            log.info("No cached teacher under %s; training one", entry)
+            facts = dict(train(model))
+            meta = {"key": key, "material": material, "created": time.time(), **facts}
+            atomic_write(weights, lambda f: torch.save({"state_dict": model.state_dict()}, f))
+            atomic_write_json(meta_path, meta)
+            return CachedTeacher("trained", weights, meta)
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    with open(path, "a+") as handle:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("Another run is training this teacher; waiting for it (%s)", path.parent)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,110 @@
+"""Every option of every config group composes and instantiates (one settings table)."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from distill.config import build, build_named
+from distill.data import ClassificationDataModule, write_cifar_batches
+from distill.losses import LossTerm
+from distill.pipeline import check_fits_data
+
+from ..conftest import CONF_DIR, config_options
+
+# Groups whose options are plain objects, and how to check what comes out.
+GROUPS = [
+    "data",
+    "teacher",
+    "student",
+    "loss",
+    "optimizer",
+    "lr_scheduler",
+    "trainer",
+    "logger",
+    "callbacks",
+    "paths",
+    "experiment",
+]
+SETTINGS = [(group, option) for group in GROUPS for option in config_options(group)]
+
+
+def test_settings_table_covers_every_config_file():
+    groups = {path.name for path in CONF_DIR.iterdir() if path.is_dir()} - {"hydra"}
+    assert groups == set(GROUPS)
+    assert len(SETTINGS) == sum(len(config_options(group)) for group in groups)
+
+
+def write_tiny_cifar(root, variant):
+    classes = 10 if variant == "cifar10" else 100
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (classes * 2, 3, 32, 32), generator=generator).to(torch.uint8)
+    labels = list(range(classes)) * 2
+    write_cifar_batches(root / "data", variant, images.numpy(), labels, images.numpy(), labels)
+
+
+@pytest.mark.parametrize(("group", "option"), SETTINGS, ids=[f"{g}={o}" for g, o in SETTINGS])
+def test_config_option_composes_and_instantiates(group, option, compose_cfg, tmp_path):
+    overrides = [f"{group}={option}"]
+    # Image models are paired with digits, an image dataset that needs no files.
+    if group == "student" and option not in {"cnn1d_small", "mlp"}:
+        overrides += ["data=digits", "teacher=cnn2d_digits"]
+    if group == "teacher" and option != "cnn1d_mnist1d":
+        overrides += ["data=digits", "student=cnn2d_small"]
+    cfg = compose_cfg(*overrides)
+    OmegaConf.resolve(cfg)  # every interpolation resolves
+
+    if group == "data":
+        if option.startswith("cifar"):
+            write_tiny_cifar(tmp_path, option)
+        datamodule = build(cfg.data, "data")
+        assert isinstance(datamodule, ClassificationDataModule)
+        datamodule.setup("fit")
+        assert datamodule.num_classes == cfg.data.num_classes
+        assert tuple(datamodule.input_shape) == tuple(cfg.data.input_shape)
+    elif group in {"student", "teacher", "experiment"}:
+        datamodule = build(cfg.data, "data")
+        datamodule.setup("fit")
+        for field, node in (("student", cfg.student), ("teacher.model", cfg.teacher.model)):
+            model = build(node, field)
+            assert isinstance(model, nn.Module)
+            check_fits_data(model, datamodule, field)
+        optimizer = build(cfg.teacher.train.optimizer, "teacher.train.optimizer")
+        torch_optimizer = optimizer(model.parameters())
+        build(cfg.teacher.train.lr_scheduler, "teacher.train.lr_scheduler")(torch_optimizer)
+    elif group == "loss":
+        terms = build_named(cfg.loss, "loss")
+        assert terms and all(isinstance(term, LossTerm) for term in terms.values())
+    elif group in {"optimizer", "lr_scheduler"}:
+        optimizer = build(cfg.optimizer, "optimizer")([nn.Parameter(torch.zeros(2))])
+        assert isinstance(optimizer, torch.optim.Optimizer)
+        if cfg.lr_scheduler is not None:
+            build(cfg.lr_scheduler, "lr_scheduler")(optimizer)
+    elif group == "trainer":
+        if option == "gpu" and not torch.cuda.is_available():
+            assert cfg.trainer.accelerator == "gpu"  # composes; building needs a GPU
+            return
+        trainer = build(cfg.trainer, "trainer", logger=False, enable_checkpointing=False)
+        assert isinstance(trainer, pl.Trainer)
+    elif group == "logger":
+        loggers = build_named(cfg.logger, "logger")
+        assert (option == "none") == (not loggers)
+    elif group == "callbacks":
+        callbacks = build_named(cfg.callbacks, "callbacks")
+        assert (option == "none") == (not callbacks)
+        assert all(isinstance(callback, pl.Callback) for callback in callbacks.values())
+    elif group == "paths":
+        assert cfg.paths.output_dir.endswith("run")
+
+
+def test_default_recipe_composes_to_mnist1d_kd():
+    from ..conftest import compose_train
+
+    cfg = compose_train([], root=CONF_DIR.parent / "unused")
+    assert cfg.data._target_ == "distill.data.MNIST1DDataModule"
+    assert set(cfg.loss) == {"ce", "kd"}
+    assert cfg.logger.wandb.mode == "auto"
+    assert cfg.teacher.checkpoint is None
