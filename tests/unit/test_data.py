@@ -355,3 +355,13 @@ def test_bad_mnist1d_settings(kwargs: dict, field: str) -> None:
 def test_loaders_need_setup_first() -> None:
     with pytest.raises(RuntimeError, match="setup"):
         DigitsDataModule().train_dataloader()
+
+
+def test_each_fit_starts_the_same_shuffle_order():
+    # setup() runs at every fit: a teacher trained first must not change the student's order.
+    datamodule = DigitsDataModule(batch_size=32)
+    datamodule.setup("fit")
+    first = [batch[1] for batch in datamodule.train_dataloader()]
+    datamodule.setup("fit")
+    again = [batch[1] for batch in datamodule.train_dataloader()]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
