@@ -51,14 +51,16 @@ def test_digits_run_end_to_end_then_reuses_the_cached_teacher(compose_cfg, tmp_p
     state = torch.load(tmp_path / "run" / "student.pt", weights_only=True)
     assert sum(v.numel() for k, v in state.items()) == on_disk["student"]["params_total"]
 
-    # Same teacher settings, another run directory: the teacher comes from the cache.
-    second_root = tmp_path / "second"
-    cfg = compose_cfg(*DIGITS, "trainer.max_epochs=1", root=second_root)
+    # The same recipe in another run directory: the teacher comes from the cache, and the
+    # student's run is the same as when the teacher was trained first in the same process.
+    cfg = compose_cfg(*DIGITS, root=tmp_path / "second")
     cfg.paths.cache_dir = str(tmp_path / "cache")
     again = train(cfg)
     assert again["teacher"]["origin"] == "cache"
     assert again["teacher"]["cache_key"] == summary["teacher"]["cache_key"]
     assert again["teacher"]["test_acc"] == summary["teacher"]["test_acc"]
+    assert again["student"]["test_acc"] == summary["student"]["test_acc"]
+    assert again["student"]["agreement"] == summary["student"]["agreement"]
 
 
 def test_a_run_directory_is_never_reused(compose_cfg, tmp_path):
