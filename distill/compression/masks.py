@@ -1,0 +1,155 @@
+"""The project's one mask mechanism: a parametrization on a module's tensor.
+
+`torch.nn.utils.prune` does not compose with parametrizations and its checkpoints do not load
+into a plain model (DESIGN.md section 3), so pruning is a `WeightMask` parametrization instead:
+the effective tensor is `original * mask`, the mask is a buffer in the state dict from the moment
+it is attached, and a fake-quant parametrization registered after it quantizes the masked
+weight, so pruned weights stay exactly zero on the int8 grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from distill.errors import ConfigError
+
+
+class WeightMask(nn.Module):
+    """Parametrization `x -> x * mask` with a boolean `mask` buffer, all True at first.
+
+    Register it with `parametrize.register_parametrization(module, "weight", WeightMask(shape))`,
+    or with `attach_mask`, which also checks that it is the first parametrization.
+    """
+
+    mask: Tensor
+
+    def __init__(self, shape: Sequence[int], device: torch.device | str | None = None) -> None:
+        super().__init__()
+        # Boolean rather than float: a mask is never fractional, `model.half()` leaves it alone,
+        # and it is a quarter of the size in checkpoints.
+        self.register_buffer("mask", torch.ones(tuple(shape), dtype=torch.bool, device=device))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # `where` instead of a multiply: same value and zero gradient at pruned positions, but no
+        # NaN if the original holds inf there, and +0.0 rather than -0.0 in baked weights.
+        return torch.where(self.mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of pruned (False) entries."""
+        return 1.0 - self.mask.sum().item() / max(self.mask.numel(), 1)
+
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.mask.shape)}, sparsity={self.sparsity:.3f}"
+
+
+def get_mask(module: nn.Module, tensor_name: str = "weight") -> WeightMask | None:
+    """The `WeightMask` on `module.<tensor_name>`, or None if it has none."""
+    if not parametrize.is_parametrized(module, tensor_name):
+        return None
+    for parametrization in module.parametrizations[tensor_name]:
+        if isinstance(parametrization, WeightMask):
+            return parametrization
+    return None
+
+
+def attach_mask(module: nn.Module, tensor_name: str = "weight") -> WeightMask:
+    """Register an all-True `WeightMask` on `module.<tensor_name>` and return it (idempotent).
+
+    Attach masks before training starts so checkpoint keys are the same at every step. The
+    parameter object is kept (it becomes `parametrizations.<tensor_name>.original`), so an
+    optimizer built before attaching still updates it.
+    """
+    existing = get_mask(module, tensor_name)
+    if existing is not None:
+        return existing
+    tensor = getattr(module, tensor_name, None)
+    if not isinstance(tensor, Tensor):
+        raise ConfigError(
+            "tensor_name",
+            tensor_name,
+            f"the name of a tensor of {type(module).__name__}, such as 'weight'",
+        )
+    if parametrize.is_parametrized(module, tensor_name):
+        # A mask after fake-quant would zero weights the quantizer has already seen.
+        raise ConfigError(
+            "tensor_name",
+            tensor_name,
+            "a tensor without parametrizations: the mask must come first, attach it before "
+            "fake-quant",
+        )
+    mask = WeightMask(tensor.shape, device=tensor.device)
+    parametrize.register_parametrization(module, tensor_name, mask)
+    return mask
+
+
+def set_mask(module: nn.Module, tensor_name: str, mask: Tensor) -> None:
+    """Replace the mask on `module.<tensor_name>` and zero the pruned entries of the original.
+
+    Zeroing the original is only tidiness: the effective tensor is zero there anyway and gets no
+    gradient. Momentum or Adam state may still move the original at pruned positions; the
+    effective tensor stays exactly zero regardless.
+    """
+    weight_mask = get_mask(module, tensor_name)
+    if weight_mask is None:
+        raise ConfigError(
+            "tensor_name",
+            tensor_name,
+            "a tensor with a mask attached; call attach_mask at setup so checkpoint keys are "
+            "stable from the first step",
+        )
+    if mask.dtype != torch.bool or mask.shape != weight_mask.mask.shape:
+        raise ConfigError(
+            "mask",
+            f"{mask.dtype} tensor of shape {tuple(mask.shape)}",
+            f"a torch.bool tensor of shape {tuple(weight_mask.mask.shape)}",
+        )
+    with torch.no_grad():
+        weight_mask.mask.copy_(mask)
+        original = module.parametrizations[tensor_name].original
+        original.masked_fill_(~weight_mask.mask, 0.0)
+
+
+def effective_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The state dict a plain copy of `model` would have: effective tensors, no mask buffers.
+
+    Every parametrized tensor is evaluated through its whole chain (mask, then any fake-quant)
+    and stored under its plain key (`layer.weight`); keys under `layer.parametrizations.` are
+    dropped. `model` is not changed, provided its parametrizations keep no state in forward.
+    """
+    effective: dict[str, Tensor] = {}
+    dropped_prefixes: list[str] = []
+    with torch.no_grad():
+        for module_name, module in model.named_modules(remove_duplicate=False):
+            if not parametrize.is_parametrized(module):
+                continue
+            prefix = f"{module_name}." if module_name else ""
+            dropped_prefixes.append(f"{prefix}parametrizations.")
+            for tensor_name in module.parametrizations:
+                effective[f"{prefix}{tensor_name}"] = getattr(module, tensor_name).detach().clone()
+    state = {
+        key: value
+        for key, value in model.state_dict().items()
+        if not key.startswith(tuple(dropped_prefixes))
+    }
+    return {**state, **effective}
+
+
+def bake_into(masked_model: nn.Module, fresh_plain_model: nn.Module) -> nn.Module:
+    """Load `masked_model`'s effective weights into `fresh_plain_model` (strict) and return it.
+
+    `copy.deepcopy` followed by `remove_parametrizations` on the copy broke the original
+    (DESIGN.md section 3), so baking copies values into a freshly constructed plain model.
+    """
+    if any(parametrize.is_parametrized(module) for module in fresh_plain_model.modules()):
+        raise ConfigError(
+            "fresh_plain_model",
+            type(fresh_plain_model).__name__,
+            "a freshly constructed model without parametrizations",
+        )
+    fresh_plain_model.load_state_dict(effective_state_dict(masked_model), strict=True)
+    return fresh_plain_model
