@@ -19,8 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
+from distill.compression import ChannelPruning, PruningCallback, bake_into
 from distill.config import build, build_named
 from distill.data import ClassificationDataModule
+from distill.deploy import save_slim
 from distill.errors import ConfigError
 from distill.files import atomic_write, atomic_write_json
 from distill.losses import CrossEntropy, WeightedSum
@@ -66,6 +68,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     optimizer = build(cfg.optimizer, "optimizer")
     lr_scheduler = build(cfg.lr_scheduler, "lr_scheduler") if cfg.lr_scheduler else None
     callbacks = list(build_named(cfg.callbacks, "callbacks").values())
+    pruning: PruningCallback | None = build(cfg.pruning, "pruning") if cfg.get("pruning") else None
+    if pruning is not None:
+        # Masks go on before anything sees the student, so checkpoint keys never change.
+        pruning.attach(student, datamodule.example_input_batch(2))
+        callbacks.append(pruning)
     loggers = list(build_named(cfg.logger, "logger").values())
     trainer: pl.Trainer = build(
         cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False
@@ -95,16 +102,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+    # Under pruning the best validation score may come from before the final sparsity was
+    # reached; the student that counts is the one at the end of the schedule.
+    tested = None if pruning is not None else best or None
     test_started = time.perf_counter()
-    (results,) = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+    (results,) = trainer.test(module, datamodule=datamodule, ckpt_path=tested)
     test_s = time.perf_counter() - test_started
     if not trainer.is_global_zero:
         return {}
 
+    # The student artifact is plain: effective (masked) weights under the model's own keys,
+    # loadable into a freshly built student with no distill code in the way.
+    plain_student = bake_into(student, build(cfg.student, "student"))
     student_path = atomic_write(
-        run_dir / "student.pt", lambda handle: torch.save(student.state_dict(), handle)
+        run_dir / "student.pt", lambda handle: torch.save(plain_student.state_dict(), handle)
     )
     artifacts = {"student": artifact(student_path, run_dir)}
+    if pruning is not None and isinstance(pruning.criterion, ChannelPruning):
+        artifacts["slim"] = save_slim(plain_student, datamodule.example_input_batch(2), run_dir)
     if best:
         artifacts["checkpoint_best"] = artifact(Path(best), run_dir)
     if isinstance(checkpoint, ModelCheckpoint) and checkpoint.last_model_path:
@@ -124,8 +139,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "test_acc": results["test/acc"],
             "test_acc_top5": results.get("test/acc_top5"),
             "agreement": results.get("test/agreement"),
-            "params_total": count_parameters(student),
-            "params_nonzero": count_nonzero_parameters(student),
+            "params_total": count_parameters(plain_student),
+            "params_nonzero": count_nonzero_parameters(plain_student),
         },
         "sparsity": {"global": sparsity_global, "layers": sparsity_layers},
         "artifacts": artifacts,

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+from distill.compression.selection import PRUNABLE_TYPES
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from distill.data.resumable import ResumableDataLoader
 from distill.errors import ConfigError
 
 DatasetT = TypeVar("DatasetT", bound=Dataset)
@@ -182,17 +183,17 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
         return torch.stack([dataset[index][0] for index in range(count)])
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=False,
-            num_workers=self.num_workers,
-            # Worker seeds are drawn from this generator too, so augmentation inside workers
-            # is reproducible as well.
-            generator=self._shuffle_generator if shuffle else None,
-            persistent_workers=self.num_workers > 0,
-        )
+        common = {
+            "batch_size": batch_size,
+            "drop_last": False,
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+        }
+        if not shuffle:
+            return DataLoader(dataset, **common)
+        # Worker seeds are drawn from this generator too, so augmentation inside workers is
+        # reproducible as well; the loader resumes mid-epoch from a checkpoint.
+        return ResumableDataLoader(dataset, generator=self._shuffle_generator, **common)
 
     def _split_indices(self, num_samples: int) -> tuple[list[int], list[int]]:
         # A fresh generator per split: the split depends on the seed alone, not on what

@@ -26,6 +26,7 @@ GROUPS = [
     "trainer",
     "logger",
     "callbacks",
+    "pruning",
     "paths",
     "experiment",
 ]
@@ -96,6 +97,14 @@ def test_config_option_composes_and_instantiates(group, option, compose_cfg, tmp
         callbacks = build_named(cfg.callbacks, "callbacks")
         assert (option == "none") == (not callbacks)
         assert all(isinstance(callback, pl.Callback) for callback in callbacks.values())
+    elif group == "pruning":
+        pruning = build(cfg.pruning, "pruning") if cfg.pruning is not None else None
+        assert (option == "none") == (pruning is None)
+        if pruning is not None:
+            datamodule = build(cfg.data, "data")
+            student = build(cfg.student, "student")
+            pruning.attach(student, datamodule.example_input_batch(2))
+            assert pruning.layers
     elif group == "paths":
         assert cfg.paths.output_dir.endswith("run")
 
