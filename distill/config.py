@@ -24,9 +24,11 @@ def build(node: Any, field: str, **kwargs: Any) -> Any:
     except InstantiationException as error:
         cause = error.__cause__
         if isinstance(cause, ConfigError):
-            inner = cause.field.removeprefix(f"{field}.")
-            # Some constructors already use config paths (data.num_classes); keep those.
-            full = cause.field if "." in cause.field else f"{field}.{inner}"
+            # Constructors that know their config path already say it (data.num_classes,
+            # pruning.include); the others name their own argument, placed under `field`.
+            group = field.split(".")[0]
+            known = cause.field == group or cause.field.startswith(f"{group}.")
+            full = cause.field if known else f"{field}.{cause.field}"
             raise ConfigError(full, cause.value, cause.allowed) from cause
         raise ConfigError(
             f"{field}._target_", node.get("_target_"), f"a target that can be built ({error})"

@@ -17,8 +17,12 @@ from torch.utils.data import DataLoader
 
 
 class ResumableDataLoader(DataLoader):
-    def __init__(self, *args: Any, generator: torch.Generator, **kwargs: Any) -> None:
-        super().__init__(*args, shuffle=True, generator=generator, **kwargs)
+    def __init__(
+        self, *args: Any, generator: torch.Generator, shuffle: bool = True, **kwargs: Any
+    ) -> None:
+        # `shuffle` stays an argument: under DDP Lightning rebuilds the loader with a
+        # DistributedSampler (which shuffles by seed and epoch) and shuffle=False.
+        super().__init__(*args, shuffle=shuffle, generator=generator, **kwargs)
         self._epoch_start_state = generator.get_state()
         self._yielded = 0
         self._exhausted = False

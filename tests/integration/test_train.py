@@ -31,6 +31,7 @@ DIGITS = [
     "student=mlp",
     "teacher.train.max_epochs=15",
     "trainer.max_epochs=20",
+    "pruning=none",
     *QUIET,
 ]
 

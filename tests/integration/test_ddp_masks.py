@@ -1,0 +1,79 @@
+"""Under DDP every rank ends with identical masks (2 CPU processes, gloo).
+
+Parametrized modules cannot be pickled, so `ddp_spawn` is out; the test runs a script under
+Lightning's `ddp` strategy, which starts the second rank by re-running the script.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+
+    import pytorch_lightning as pl
+    import torch
+
+    from distill.compression import AGPSchedule, PruningCallback
+    from tests.unit.test_pruning import CRITERIA, INPUT_SHAPE, loader, masks_of, module_for
+    from tests.unit.test_pruning import tiny_cnn
+
+    name, out = sys.argv[1], Path(sys.argv[2])
+
+
+    class SaveMasksPerRank(pl.Callback):
+        def on_train_end(self, trainer, pl_module):
+            torch.save(masks_of(pl_module.student), out / f"rank{trainer.global_rank}.pt")
+
+
+    schedule = AGPSchedule(final_sparsity=0.75, start=1, frequency=2, num_updates=3)
+    callback = PruningCallback(CRITERIA[name](), schedule, unit="step")
+    student = tiny_cnn()
+    callback.attach(student, torch.randn(2, *INPUT_SHAPE))
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_steps=8,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        callbacks=[callback, SaveMasksPerRank()],
+    )
+    trainer.fit(module_for(student), train_dataloaders=loader())
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["magnitude", "channel_taylor", "random"])
+def test_every_rank_ends_with_identical_masks(name, tmp_path):
+    script = tmp_path / "ddp_prune.py"
+    script.write_text(SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script), name, str(tmp_path)],
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "rank0.pt")
+    rank1 = torch.load(tmp_path / "rank1.pt")
+    assert rank0.keys() == rank1.keys() and rank0
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    assert any(not mask.all() for mask in rank0.values())
