@@ -83,6 +83,14 @@ class PruningCallback(pl.Callback):
     def attach(self, model: nn.Module, example_inputs: Tensor) -> None:
         """Choose the layers, register their masks, and check every setting against `model`."""
         selected = select_layers(model, self.include, self.exclude, self.keep_first_last_dense)
+        frozen = [n for n in selected if not model.get_submodule(n).weight.requires_grad]
+        if getattr(self.criterion, "needs_grad", False) and frozen:
+            raise ConfigError(
+                "pruning.criterion",
+                type(self.criterion).__name__,
+                f"a criterion without gradients for frozen layers {frozen[:5]} (taylor needs "
+                "them), or exclude those layers",
+            )
         finals = layer_final_sparsities(selected, self.schedule.final_sparsity, self.layer_sparsity)
         if isinstance(self.criterion, ChannelPruning):
             self.groups = find_channel_groups(model, example_inputs, selected)

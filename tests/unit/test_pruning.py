@@ -282,3 +282,13 @@ def test_bad_settings_are_refused_at_construction(build, field):
     with pytest.raises(ConfigError) as error:
         build()
     assert error.value.field == field
+
+
+def test_taylor_on_frozen_layers_is_refused_before_training():
+    student = tiny_cnn()
+    student[3].weight.requires_grad_(False)
+    callback = make_callback("channel_taylor")
+    with pytest.raises(ConfigError) as error:
+        callback.attach(student, torch.randn(2, *INPUT_SHAPE))
+    assert error.value.field == "pruning.criterion"
+    assert "taylor needs" in str(error.value)
