@@ -49,12 +49,12 @@ def artifact(path: Path, run_dir: Path) -> dict[str, Any]:
 def print_summary(summary: Mapping[str, Any], console: Console | None = None) -> None:
     """The short table a user reads at the end of `distill-train`."""
     console = console or Console()
-    table = Table(title=f"distill run: {summary['output_dir']}")
-    table.add_column("")
-    table.add_column("teacher", justify="right")
-    table.add_column("student", justify="right")
     teacher, student = summary.get("teacher") or {}, summary["student"]
-    artifacts = summary["artifacts"]
+    artifacts, timing = summary["artifacts"], summary["timing"]
+    slim = artifacts.get("slim")
+    table = Table(title=f"distill run: {summary['output_dir']}")
+    for header in ("", "teacher", "student", *(["slim student"] if slim else [])):
+        table.add_column(header, justify="right" if header else "left")
 
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{100 * value:.2f}%"
@@ -62,16 +62,25 @@ def print_summary(summary: Mapping[str, Any], console: Console | None = None) ->
     def size(entry: Mapping[str, Any] | None) -> str:
         return "-" if not entry else f"{entry['bytes'] / 1024:.1f} KiB"
 
-    table.add_row("test accuracy", pct(teacher.get("test_acc")), pct(student["test_acc"]))
-    table.add_row(
-        "parameters", f"{teacher.get('params_total', 0):,}", f"{student['params_total']:,}"
+    def row(label: str, teacher_cell: str, student_cell: str, slim_cell: str = "") -> None:
+        table.add_row(label, teacher_cell, student_cell, *([slim_cell] if slim else []))
+
+    same = "same outputs" if slim else ""
+    row("test accuracy", pct(teacher.get("test_acc")), pct(student["test_acc"]), same)
+    row(
+        "parameters (nonzero)",
+        f"{teacher.get('params_total', 0):,}",
+        f"{student['params_total']:,} ({student['params_nonzero']:,})",
+        f"{slim['params']:,}" if slim else "",
     )
-    table.add_row("weights file", size(teacher.get("checkpoint")), size(artifacts.get("student")))
-    table.add_row("agreement with teacher", "", pct(student.get("agreement")))
-    timing = summary["timing"]
-    table.add_row(
+    if slim:
+        row("MACs per example", "", f"{slim['macs_dense']:,.0f}", f"{slim['macs']:,.0f}")
+    row("weight sparsity", "", pct(summary["sparsity"]["global"]))
+    row("weights file", size(teacher.get("checkpoint")), size(artifacts.get("student")), size(slim))
+    row("agrees with teacher", "", pct(student.get("agreement")))
+    row(
         "wall time",
         f"{timing.get('teacher_s', 0):.1f} s ({teacher.get('origin', '-')})",
-        f"{timing['fit_s']:.1f} s fit, {timing['total_s']:.1f} s total",
+        f"fit {timing['fit_s']:.0f} s, all {timing['total_s']:.0f} s",
     )
     console.print(table)
