@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -14,11 +14,19 @@ from distill.errors import ConfigError
 
 @dataclass
 class StepOutputs:
-    """Everything a loss term may read for one training batch."""
+    """Everything a loss term may read for one training batch.
+
+    Features are keyed by tap: a module name as `named_modules()` gives it (its output), or the
+    name with an `:in` suffix (its first input). `indices` are the samples' positions in the
+    training set, given when a term asks for them (`requires_indices`).
+    """
 
     student_logits: Tensor
     targets: Tensor
     teacher_logits: Tensor | None = None
+    student_features: dict[str, Tensor] = field(default_factory=dict)
+    teacher_features: dict[str, Tensor] = field(default_factory=dict)
+    indices: Tensor | None = None
 
 
 class LossTerm(nn.Module):
@@ -29,10 +37,34 @@ class LossTerm(nn.Module):
     """
 
     requires_teacher: bool = False
+    # Terms that keep per-sample state (a memory bank) need each sample's dataset index.
+    requires_indices: bool = False
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
         self.weight = check_weight(weight)
+
+    @property
+    def student_taps(self) -> list[str]:
+        """Student features this term reads (tap keys); none for logit terms."""
+        return []
+
+    @property
+    def teacher_taps(self) -> list[str]:
+        """Teacher features this term reads (tap keys)."""
+        return []
+
+    def build(
+        self,
+        student_shapes: Mapping[str, torch.Size],
+        teacher_shapes: Mapping[str, torch.Size],
+        num_train_samples: int,
+    ) -> None:
+        """Called once before training with the shapes of the tapped features (batch first).
+
+        Terms that own parameters whose size depends on those shapes (adapters, embedding
+        heads, memory banks) create them here, so the optimizer sees them from the start.
+        """
 
     def compute(self, outputs: StepOutputs) -> Tensor:
         raise NotImplementedError

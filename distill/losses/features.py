@@ -1,0 +1,134 @@
+"""Base for terms that compare intermediate features of student and teacher."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from distill.errors import ConfigError
+from distill.losses.base import LossTerm, StepOutputs
+
+ADAPTERS = ("auto", "none")
+
+
+def as_tap_list(value: str | Sequence[str], field: str) -> list[str]:
+    taps = [value] if isinstance(value, str) else list(value)
+    if not taps or not all(isinstance(tap, str) and tap for tap in taps):
+        raise ConfigError(field, value, "a module name or a list of module names")
+    return taps
+
+
+def make_adapter(student_shape: torch.Size, teacher_shape: torch.Size) -> nn.Module:
+    """A learned map from a student feature to the teacher's shape.
+
+    1x1 convolution for feature maps (FitNets' regressor, Romero et al. 2015), linear for
+    vectors. Spatial sizes must already agree: an adapter changes channels, not resolution.
+    """
+    if len(student_shape) != len(teacher_shape):
+        raise ValueError(f"ranks differ: {tuple(student_shape)} vs {tuple(teacher_shape)}")
+    if len(student_shape) == 2:
+        return nn.Linear(student_shape[1], teacher_shape[1], bias=False)
+    if student_shape[2:] != teacher_shape[2:]:
+        raise ValueError(
+            f"spatial sizes differ: {tuple(student_shape[2:])} vs {tuple(teacher_shape[2:])}"
+        )
+    conv = {3: nn.Conv1d, 4: nn.Conv2d, 5: nn.Conv3d}.get(len(student_shape))
+    if conv is None:
+        raise ValueError(f"no adapter for features of rank {len(student_shape)}")
+    return nn.Sequential(
+        conv(student_shape[1], teacher_shape[1], kernel_size=1, bias=False),
+        {3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}[len(student_shape)](
+            teacher_shape[1]
+        ),
+    )
+
+
+class FeatureLossTerm(LossTerm):
+    """A term over pairs of (student tap, teacher tap), averaged over the pairs.
+
+    `student` and `teacher` name modules (`named_modules()` names, `:in` for a module's input)
+    and pair up in order. Subclasses implement `pair_loss(student_feature, teacher_feature)`.
+    Terms whose formula compares features element by element set `needs_same_shape`: where a
+    pair's shapes differ, an adapter maps the student feature to the teacher's shape
+    (`adapter="auto"`), or the run stops with an error (`adapter="none"`). Adapters belong to
+    the term, are optimized with the student, and are not part of the exported student.
+    """
+
+    requires_teacher = True
+    needs_same_shape = False
+
+    def __init__(
+        self,
+        student: str | Sequence[str],
+        teacher: str | Sequence[str],
+        weight: float = 1.0,
+        adapter: str = "auto",
+    ) -> None:
+        super().__init__(weight)
+        self._student_taps = as_tap_list(student, "student")
+        self._teacher_taps = as_tap_list(teacher, "teacher")
+        if len(self._student_taps) != len(self._teacher_taps):
+            raise ConfigError(
+                "teacher",
+                self._teacher_taps,
+                f"as many teacher taps as student taps ({len(self._student_taps)}), in pairs",
+            )
+        if adapter not in ADAPTERS:
+            raise ConfigError("adapter", adapter, f"one of {ADAPTERS}")
+        self.adapter_mode = adapter
+        self.adapters = nn.ModuleList()
+
+    @property
+    def student_taps(self) -> list[str]:
+        return list(self._student_taps)
+
+    @property
+    def teacher_taps(self) -> list[str]:
+        return list(self._teacher_taps)
+
+    def build(
+        self,
+        student_shapes: Mapping[str, torch.Size],
+        teacher_shapes: Mapping[str, torch.Size],
+        num_train_samples: int,
+    ) -> None:
+        self.adapters = nn.ModuleList()
+        for student_tap, teacher_tap in zip(self._student_taps, self._teacher_taps, strict=True):
+            s_shape, t_shape = student_shapes[student_tap], teacher_shapes[teacher_tap]
+            if not self.needs_same_shape or s_shape[1:] == t_shape[1:]:
+                self.adapters.append(nn.Identity())
+                continue
+            if self.adapter_mode == "none":
+                raise ConfigError(
+                    "adapter",
+                    "none",
+                    f"'auto' (student {student_tap} gives {tuple(s_shape[1:])}, teacher "
+                    f"{teacher_tap} gives {tuple(t_shape[1:])}: shapes differ)",
+                )
+            try:
+                self.adapters.append(make_adapter(s_shape, t_shape))
+            except ValueError as error:
+                raise ConfigError(
+                    "student",
+                    student_tap,
+                    f"a student feature the teacher's {teacher_tap} can be matched to ({error})",
+                ) from error
+
+    def pair_loss(self, student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def compute(self, outputs: StepOutputs) -> Tensor:
+        if len(self.adapters) != len(self._student_taps):
+            raise RuntimeError(f"{type(self).__name__}.build() was not called before training")
+        losses = [
+            self.pair_loss(
+                adapter(outputs.student_features[student_tap]),
+                outputs.teacher_features[teacher_tap],
+            )
+            for adapter, student_tap, teacher_tap in zip(
+                self.adapters, self._student_taps, self._teacher_taps, strict=True
+            )
+        ]
+        return torch.stack(losses).mean()
