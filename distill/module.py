@@ -6,12 +6,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics.classification import MulticlassAccuracy
 
 from distill.errors import ConfigError
 from distill.losses import StepOutputs, WeightedSum
+from distill.taps import FeatureTaps
 from distill.teacher import FrozenTeacher
 
 OptimizerFactory = Callable[[Iterator[nn.Parameter]], Optimizer]
@@ -38,7 +40,11 @@ class DistillationModule(pl.LightningModule):
         teacher: nn.Module | None = None,
         lr_scheduler: SchedulerFactory | None = None,
         lr_scheduler_interval: str = "epoch",
+        example_inputs: Tensor | None = None,
+        num_train_samples: int = 0,
     ) -> None:
+        """`example_inputs` (one small batch) size the loss terms that need it; leave it out
+        when `build_loss_terms` was already called on this loss."""
         super().__init__()
         if loss.requires_teacher and teacher is None:
             raise ConfigError(
@@ -70,6 +76,19 @@ class DistillationModule(pl.LightningModule):
         # Agreement is accuracy against the teacher's predictions instead of the labels.
         self.test_agreement = accuracy() if self.teacher is not None else None
 
+        terms = loss.terms.values()
+        self.student_taps = FeatureTaps(
+            student, [k for t in terms for k in t.student_taps], field="loss (student tap)"
+        )
+        teacher_model = self.teacher.model if self.teacher is not None else nn.Identity()
+        self.teacher_taps = FeatureTaps(
+            teacher_model, [k for t in terms for k in t.teacher_taps], field="loss (teacher tap)"
+        )
+        if example_inputs is not None:
+            build_loss_terms(
+                loss, self.student_taps, self.teacher_taps, example_inputs, num_train_samples
+            )
+
     def forward(self, inputs: Tensor) -> Tensor:
         return self.student(inputs)
 
@@ -78,31 +97,54 @@ class DistillationModule(pl.LightningModule):
         parameters = [*self.student.parameters(), *self.loss.parameters()]
         return [p for p in parameters if p.requires_grad]
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        inputs, targets = batch
+    def on_fit_start(self) -> None:
+        self.student_taps.install()
+        self.teacher_taps.install()
+
+    def on_fit_end(self) -> None:
+        self.student_taps.remove()
+        self.teacher_taps.remove()
+
+    def teardown(self, stage: str) -> None:
+        self.on_fit_end()
+
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        inputs, targets, *rest = batch
+        self.student_taps.clear()
+        self.teacher_taps.clear()
         student_logits = self.student(inputs)
         teacher_logits = (
             self.teacher(inputs)
             if self.teacher is not None and self.loss.requires_teacher
             else None
         )
-        total, terms = self.loss(StepOutputs(student_logits, targets, teacher_logits))
+        outputs = StepOutputs(
+            student_logits,
+            targets,
+            teacher_logits,
+            student_features=dict(self.student_taps.features),
+            teacher_features=dict(self.teacher_taps.features),
+            indices=rest[0] if rest else None,
+        )
+        total, terms = self.loss(outputs)
+        self.student_taps.clear()
+        self.teacher_taps.clear()
         batch_size = targets.shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
         for name, value in terms.items():
             self.log(f"train/loss_{name}", value, batch_size=batch_size)
         return total
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        inputs, targets = batch
+    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
+        inputs, targets, *_ = batch
         logits = self.student(inputs)
         self.val_acc(logits, targets)
         loss = nn.functional.cross_entropy(logits, targets)
         self.log("val/loss", loss, batch_size=targets.shape[0])
         self.log("val/acc", self.val_acc, prog_bar=True)
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        inputs, targets = batch
+    def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
+        inputs, targets, *_ = batch
         logits = self.student(inputs)
         self.test_acc(logits, targets)
         self.log("test/acc", self.test_acc)
@@ -142,3 +184,32 @@ class DistillationModule(pl.LightningModule):
                 TEACHER_PREFIX + key: value for key, value in self.teacher.state_dict().items()
             }
             checkpoint["state_dict"].update(teacher_state)
+
+
+def build_loss_terms(
+    loss: WeightedSum,
+    student_taps: FeatureTaps,
+    teacher_taps: FeatureTaps,
+    example_inputs: Tensor,
+    num_train_samples: int,
+) -> None:
+    """Size the loss terms' own parameters (adapters, heads, banks) from one probe batch.
+
+    Only shapes matter, so an untrained teacher will do: a run calls this before it spends
+    time training the teacher, and a shape that cannot be matched stops it there.
+    """
+    shapes: list[dict[str, torch.Size]] = [{}, {}]
+    for index, taps in enumerate((student_taps, teacher_taps)):
+        if not taps.keys:
+            continue
+        model = taps.model
+        was_training = model.training
+        model.eval()  # the probe must not move BatchNorm statistics
+        try:
+            with taps, torch.no_grad():
+                model(example_inputs)
+                shapes[index] = {key: value.shape for key, value in taps.features.items()}
+        finally:
+            model.train(was_training)
+    for term in loss.terms.values():
+        term.build(shapes[0], shapes[1], num_train_samples)

@@ -26,7 +26,7 @@ from distill.deploy import save_slim
 from distill.errors import ConfigError
 from distill.files import atomic_write, atomic_write_json
 from distill.losses import CrossEntropy, WeightedSum
-from distill.module import DistillationModule
+from distill.module import DistillationModule, build_loss_terms
 from distill.summary import (
     artifact,
     count_nonzero_parameters,
@@ -34,6 +34,7 @@ from distill.summary import (
     print_summary,
     weight_sparsity,
 )
+from distill.taps import FeatureTaps
 from distill.teacher import load_weights
 from distill.teacher_cache import TeacherCache
 
@@ -65,6 +66,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_fits_data(teacher, datamodule, "teacher.model")
         if cfg.teacher.checkpoint:
             load_weights(teacher, cfg.teacher.checkpoint, field="teacher.checkpoint")
+    prepare_loss(loss, student, teacher, datamodule)
     optimizer = build(cfg.optimizer, "optimizer")
     lr_scheduler = build(cfg.lr_scheduler, "lr_scheduler") if cfg.lr_scheduler else None
     callbacks = list(build_named(cfg.callbacks, "callbacks").values())
@@ -163,6 +165,32 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     atomic_write_json(run_dir / "summary.json", summary)
     print_summary(summary)
     return summary
+
+
+def prepare_loss(
+    loss: WeightedSum,
+    student: nn.Module,
+    teacher: nn.Module | None,
+    datamodule: ClassificationDataModule,
+) -> None:
+    """Check every feature tap and size the loss terms' adapters and banks, before training."""
+    terms = loss.terms.values()
+    student_taps = FeatureTaps(
+        student, [key for term in terms for key in term.student_taps], "loss (student tap)"
+    )
+    teacher_taps = FeatureTaps(
+        teacher if teacher is not None else nn.Identity(),
+        [key for term in terms for key in term.teacher_taps],
+        "loss (teacher tap)",
+    )
+    datamodule.return_indices = any(term.requires_indices for term in terms)
+    build_loss_terms(
+        loss,
+        student_taps,
+        teacher_taps,
+        datamodule.example_input_batch(2),
+        num_train_samples=len(datamodule.train_dataset),
+    )
 
 
 def ensure_fresh_run_dir(run_dir: Path) -> None:

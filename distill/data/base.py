@@ -86,6 +86,9 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
         self.num_workers = num_workers
         self.val_fraction = float(val_fraction)
         self.seed = seed
+        # Set by a run whose loss keeps per-sample state (CRD's memory bank): training batches
+        # then carry each sample's position in the training set as a third element.
+        self.return_indices = False
         self._train_dataset: Subset | None = None
         self._val_dataset: Subset | None = None
         self._test_dataset: Dataset | None = None
@@ -160,7 +163,10 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches; the order is fixed by ``seed``."""
-        return self._loader(self.train_dataset, self.batch_size, shuffle=True)
+        dataset = self.train_dataset
+        if self.return_indices:
+            dataset = IndexedDataset(dataset)
+        return self._loader(dataset, self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches in a fixed order (empty when ``val_fraction`` is 0)."""
@@ -264,3 +270,17 @@ def _check_input_shape(input_shape: object) -> None:
         isinstance(size, bool) or not isinstance(size, int) or size < 1 for size in input_shape
     ):
         raise ConfigError("data.input_shape", input_shape, allowed)
+
+
+class IndexedDataset(Dataset):
+    """`(input, label, index)`: the sample's position, for terms with per-sample state."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple:
+        inputs, label = self.dataset[index]
+        return inputs, label, index
