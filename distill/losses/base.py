@@ -75,6 +75,18 @@ class LossTerm(nn.Module):
         return self.compute(outputs)
 
 
+def check_positive(value: float, field: str) -> float:
+    """A setting such as a temperature must be a finite number > 0."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigError(field, value, "a finite number > 0")
+    return float(value)
+
+
 def check_weight(weight: float, field: str = "weight") -> float:
     """A term's weight must be a finite, non-negative number."""
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):

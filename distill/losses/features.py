@@ -20,6 +20,22 @@ def as_tap_list(value: str | Sequence[str], field: str) -> list[str]:
     return taps
 
 
+def batch_vectors(
+    student_feature: Tensor, teacher_feature: Tensor, min_batch: int, what: str
+) -> tuple[Tensor, Tensor]:
+    """Both features flattened to `(batch, -1)`, for terms that relate samples in a batch."""
+    batch = student_feature.shape[0]
+    if teacher_feature.shape[0] != batch:
+        raise ValueError(
+            f"student and teacher batches differ: {batch} vs {teacher_feature.shape[0]}"
+        )
+    if batch < min_batch:
+        raise ValueError(
+            f"{what} needs at least {min_batch} samples in a batch; got a batch of {batch}"
+        )
+    return student_feature.reshape(batch, -1), teacher_feature.reshape(batch, -1)
+
+
 def make_adapter(student_shape: torch.Size, teacher_shape: torch.Size) -> nn.Module:
     """A learned map from a student feature to the teacher's shape.
 
@@ -58,6 +74,9 @@ class FeatureLossTerm(LossTerm):
 
     requires_teacher = True
     needs_same_shape = False
+    # Terms that relate samples within a batch need a few of them; a smaller batch (the last,
+    # partial one of an epoch) contributes zero instead of stopping the run.
+    min_batch = 1
 
     def __init__(
         self,
@@ -122,6 +141,8 @@ class FeatureLossTerm(LossTerm):
     def compute(self, outputs: StepOutputs) -> Tensor:
         if len(self.adapters) != len(self._student_taps):
             raise RuntimeError(f"{type(self).__name__}.build() was not called before training")
+        if outputs.student_logits.shape[0] < self.min_batch:
+            return outputs.student_logits.sum() * 0.0
         losses = [
             self.pair_loss(
                 adapter(outputs.student_features[student_tap]),

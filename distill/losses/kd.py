@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.errors import ConfigError
-from distill.losses.base import LossTerm, StepOutputs
+from distill.losses.base import LossTerm, StepOutputs, check_positive
 
 
 def soft_target_kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -30,14 +27,7 @@ class SoftTargetKD(LossTerm):
 
     def __init__(self, temperature: float = 4.0, weight: float = 1.0) -> None:
         super().__init__(weight)
-        if (
-            isinstance(temperature, bool)
-            or not isinstance(temperature, (int, float))
-            or not math.isfinite(temperature)
-            or temperature <= 0
-        ):
-            raise ConfigError("temperature", temperature, "a finite number > 0")
-        self.temperature = float(temperature)
+        self.temperature = check_positive(temperature, "temperature")
 
     def compute(self, outputs: StepOutputs) -> Tensor:
         return soft_target_kd(outputs.student_logits, outputs.teacher_logits, self.temperature)

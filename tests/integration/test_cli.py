@@ -33,7 +33,11 @@ def run_cli(*args: str, cwd) -> subprocess.CompletedProcess:
 def test_help_lists_the_config_groups(tmp_path):
     result = run_cli("--help", cwd=tmp_path)
     assert result.returncode == 0
-    for line in ("data: cifar10, cifar100, digits, mnist1d", "loss: ce, kd", "logger: csv, none"):
+    for line in (
+        "data: cifar10, cifar100, digits, mnist1d",
+        "loss: at, cc, ce, crd",
+        "logger: csv, none",
+    ):
         assert line in result.stdout
 
 

@@ -51,7 +51,7 @@ def write_tiny_cifar(root, variant):
 def test_config_option_composes_and_instantiates(group, option, compose_cfg, tmp_path):
     overrides = [f"{group}={option}"]
     # Image models are paired with digits, an image dataset that needs no files.
-    if group == "student" and option not in {"cnn1d_small", "mlp"}:
+    if group == "student" and option not in {"cnn1d_small", "mlp", "gru", "transformer"}:
         overrides += ["data=digits", "teacher=cnn2d_digits"]
     if group == "teacher" and option != "cnn1d_mnist1d":
         overrides += ["data=digits", "student=cnn2d_small"]
