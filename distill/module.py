@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics.classification import MulticlassAccuracy
 
+from distill.ensemble import TeacherEnsemble
 from distill.errors import ConfigError
 from distill.losses import StepOutputs, WeightedSum
 from distill.taps import FeatureTaps
@@ -57,7 +58,7 @@ class DistillationModule(pl.LightningModule):
         self.student = student
         self.teacher = (
             teacher
-            if teacher is None or isinstance(teacher, FrozenTeacher)
+            if teacher is None or isinstance(teacher, (FrozenTeacher, TeacherEnsemble))
             else FrozenTeacher(teacher)
         )
         self.loss = loss
@@ -80,9 +81,13 @@ class DistillationModule(pl.LightningModule):
         self.student_taps = FeatureTaps(
             student, [k for t in terms for k in t.student_taps], field="loss (student tap)"
         )
-        teacher_model = self.teacher.model if self.teacher is not None else nn.Identity()
+        ensemble = self.teacher if isinstance(self.teacher, TeacherEnsemble) else None
+        teacher_model = self.teacher.model if isinstance(self.teacher, FrozenTeacher) else ensemble
         self.teacher_taps = FeatureTaps(
-            teacher_model, [k for t in terms for k in t.teacher_taps], field="loss (teacher tap)"
+            teacher_model if teacher_model is not None else nn.Identity(),
+            [k for t in terms for k in t.teacher_taps],
+            field="loss (teacher tap)",
+            prefixes=ensemble.tap_prefixes() if ensemble is not None else None,
         )
         if example_inputs is not None:
             build_loss_terms(
@@ -113,11 +118,13 @@ class DistillationModule(pl.LightningModule):
         self.student_taps.clear()
         self.teacher_taps.clear()
         student_logits = self.student(inputs)
-        teacher_logits = (
-            self.teacher(inputs)
-            if self.teacher is not None and self.loss.requires_teacher
-            else None
-        )
+        teacher_logits, ensemble_logits, ensemble_weights = None, None, None
+        if isinstance(self.teacher, TeacherEnsemble) and self.loss.requires_teacher:
+            teacher_logits, ensemble_logits, ensemble_weights = self.teacher.outputs(
+                inputs, targets
+            )
+        elif self.teacher is not None and self.loss.requires_teacher:
+            teacher_logits = self.teacher(inputs)
         outputs = StepOutputs(
             student_logits,
             targets,
@@ -125,6 +132,8 @@ class DistillationModule(pl.LightningModule):
             student_features=dict(self.student_taps.features),
             teacher_features=dict(self.teacher_taps.features),
             indices=rest[0] if rest else None,
+            ensemble_logits=ensemble_logits,
+            ensemble_weights=ensemble_weights,
         )
         total, terms = self.loss(outputs)
         self.student_taps.clear()

@@ -19,14 +19,16 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
+from distill.checks import check_fits_data, ensure_fresh_run_dir
 from distill.compression import ChannelPruning, PruningCallback, bake_into
 from distill.config import build, build_named
 from distill.data import ClassificationDataModule
 from distill.deploy import save_slim
-from distill.errors import ConfigError
+from distill.ensemble import TeacherEnsemble
 from distill.files import atomic_write, atomic_write_json
-from distill.losses import CrossEntropy, WeightedSum
+from distill.losses import WeightedSum
 from distill.module import DistillationModule, build_loss_terms
+from distill.provision import build_teachers, provide_teachers, teacher_nodes
 from distill.summary import (
     artifact,
     count_nonzero_parameters,
@@ -35,13 +37,9 @@ from distill.summary import (
     weight_sparsity,
 )
 from distill.taps import FeatureTaps
-from distill.teacher import load_weights
-from distill.teacher_cache import TeacherCache
 
 log = logging.getLogger(__name__)
 
-# Settings that change how fast data loads but not what a teacher learns from it.
-DATA_KEYS_NOT_IN_CACHE_KEY = ("num_workers", "eval_batch_size")
 
 # Lightning warns about modules in eval mode when training starts; the frozen teacher is
 # exactly that, on purpose.
@@ -60,12 +58,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loss = WeightedSum(build_named(cfg.loss, "loss"))
     student: nn.Module = build(cfg.student, "student")
     check_fits_data(student, datamodule, "student")
-    teacher = None
-    if loss.requires_teacher:
-        teacher = build(cfg.teacher.model, "teacher.model")
-        check_fits_data(teacher, datamodule, "teacher.model")
-        if cfg.teacher.checkpoint:
-            load_weights(teacher, cfg.teacher.checkpoint, field="teacher.checkpoint")
+    teacher = build_teachers(cfg, datamodule) if loss.requires_teacher else None
     prepare_loss(loss, student, teacher, datamodule)
     optimizer = build(cfg.optimizer, "optimizer")
     lr_scheduler = build(cfg.lr_scheduler, "lr_scheduler") if cfg.lr_scheduler else None
@@ -83,7 +76,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     teacher_facts: dict[str, Any] = {}
     teacher_started = time.perf_counter()
     if teacher is not None:
-        teacher_facts = provide_teacher(cfg, teacher, datamodule)
+        teacher_facts = provide_teachers(cfg, teacher, datamodule)
     teacher_s = time.perf_counter() - teacher_started
     module = DistillationModule(
         student,
@@ -157,7 +150,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     if teacher is not None:
         summary["teacher"] = {
-            "target": cfg.teacher.model._target_,
+            "target": (
+                cfg.teacher.model._target_
+                if len(teacher_nodes(cfg)) == 1
+                else "distill.ensemble.TeacherEnsemble"
+            ),
             "test_acc": results["test/teacher_acc"],
             "params_total": count_parameters(teacher),
             **teacher_facts,
@@ -182,6 +179,7 @@ def prepare_loss(
         teacher if teacher is not None else nn.Identity(),
         [key for term in terms for key in term.teacher_taps],
         "loss (teacher tap)",
+        prefixes=teacher.tap_prefixes() if isinstance(teacher, TeacherEnsemble) else None,
     )
     datamodule.return_indices = any(term.requires_indices for term in terms)
     build_loss_terms(
@@ -191,105 +189,3 @@ def prepare_loss(
         datamodule.example_input_batch(2),
         num_train_samples=len(datamodule.train_dataset),
     )
-
-
-def ensure_fresh_run_dir(run_dir: Path) -> None:
-    """A run never writes into another run's directory."""
-    if (run_dir / "summary.json").exists() or any((run_dir / "checkpoints").glob("*.ckpt")):
-        raise ConfigError(
-            "hydra.run.dir",
-            str(run_dir),
-            "a directory that holds no earlier run (it has summary.json or checkpoints)",
-        )
-
-
-def check_fits_data(model: nn.Module, datamodule: ClassificationDataModule, field: str) -> None:
-    """One example batch through `model`: it must take the inputs and give one logit per class."""
-    inputs = datamodule.example_input_batch(2)
-    was_training = model.training
-    model.eval()  # so BatchNorm statistics are not touched by this probe
-    try:
-        with torch.no_grad():
-            logits = model(inputs)
-    except Exception as error:
-        raise ConfigError(
-            field,
-            _target_name(model),
-            f"a model that takes inputs of shape {tuple(inputs.shape)} ({error})",
-        ) from error
-    finally:
-        model.train(was_training)
-    if not isinstance(logits, torch.Tensor) or logits.shape != (2, datamodule.num_classes):
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ConfigError(
-            field,
-            _target_name(model),
-            f"a model whose output is (batch, {datamodule.num_classes}) logits for the "
-            f"{datamodule.num_classes} classes of the data; it gives {shape}",
-        )
-
-
-def provide_teacher(
-    cfg: DictConfig, teacher: nn.Module, datamodule: ClassificationDataModule
-) -> dict[str, Any]:
-    """Give `teacher` trained weights: from `teacher.checkpoint` (already loaded), or the cache."""
-    if cfg.teacher.checkpoint:
-        path = Path(cfg.teacher.checkpoint)
-        log.info("Teacher loaded from %s", path)
-        return {"origin": "checkpoint", "checkpoint": artifact(path, Path("/"))}
-    data_material = {
-        key: value
-        for key, value in OmegaConf.to_container(cfg.data, resolve=True).items()
-        if key not in DATA_KEYS_NOT_IN_CACHE_KEY
-    }
-    material = {
-        "model": OmegaConf.to_container(cfg.teacher.model, resolve=True),
-        "data": data_material,
-        "train": OmegaConf.to_container(cfg.teacher.train, resolve=True),
-        "seed": cfg.seed,
-    }
-    cached = TeacherCache(cfg.teacher.cache_dir).get_or_train(
-        teacher, material, train=lambda model: train_teacher(cfg, model, datamodule)
-    )
-    return {
-        "origin": cached.origin,
-        "checkpoint": artifact(cached.path, Path("/")),
-        "cache_key": cached.meta.get("key"),
-    }
-
-
-def train_teacher(
-    cfg: DictConfig, model: nn.Module, datamodule: ClassificationDataModule
-) -> dict[str, Any]:
-    """Supervised training of a teacher on the labels, with the teacher's own settings."""
-    started = time.perf_counter()
-    pl.seed_everything(cfg.seed, workers=True)
-    settings = cfg.teacher.train
-    module = DistillationModule(
-        model,
-        WeightedSum({"ce": CrossEntropy()}),
-        optimizer=build(settings.optimizer, "teacher.train.optimizer"),
-        lr_scheduler=(
-            build(settings.lr_scheduler, "teacher.train.lr_scheduler")
-            if settings.lr_scheduler
-            else None
-        ),
-        num_classes=datamodule.num_classes,
-    )
-    trainer: pl.Trainer = build(
-        cfg.trainer,
-        "trainer",
-        max_epochs=settings.max_epochs,
-        logger=False,
-        enable_checkpointing=False,
-        callbacks=[],
-        default_root_dir=str(Path(cfg.paths.output_dir) / "teacher"),
-    )
-    trainer.fit(module, datamodule=datamodule)
-    (results,) = trainer.test(module, datamodule=datamodule, verbose=False)
-    model.eval()
-    return {"test_acc": results["test/acc"], "train_s": time.perf_counter() - started}
-
-
-def _target_name(model: nn.Module) -> str:
-    return f"{type(model).__module__}.{type(model).__qualname__}"

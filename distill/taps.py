@@ -9,7 +9,7 @@ hooks at fit end: whoever registers a hook owns its handle.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from torch import Tensor, nn
@@ -30,12 +30,21 @@ def split_tap(key: str) -> tuple[str, bool]:
 class FeatureTaps:
     """Captures the features named by `keys` from `model`; `features[key]` after a forward."""
 
-    def __init__(self, model: nn.Module, keys: Iterable[str], field: str) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        keys: Iterable[str],
+        field: str,
+        prefixes: Mapping[str, str] | None = None,
+    ) -> None:
+        """`prefixes` route `<member>/<module>` keys into a container of models (a teacher
+        ensemble): member name -> module-name prefix, with "" for keys without a member."""
         self.model = model
         self.keys = list(dict.fromkeys(keys))  # unique, in order
+        self.prefixes = dict(prefixes or {"": ""})
         names = [name for name, _ in model.named_modules() if name]
         for key in self.keys:
-            name, _ = split_tap(key)
+            name, _ = self.resolve(key)
             if name not in names:
                 closest = difflib.get_close_matches(name, names, n=5, cutoff=0.4) or names[:10]
                 raise ConfigError(
@@ -47,6 +56,14 @@ class FeatureTaps:
         self.features: dict[str, Tensor] = {}
         self._handles: list[RemovableHandle] = []
 
+    def resolve(self, key: str) -> tuple[str, bool]:
+        """The full module name a key taps, and whether it taps the module's input."""
+        name, tap_input = split_tap(key)
+        member, _, rest = name.partition("/")
+        if rest and member in self.prefixes:
+            return self.prefixes[member] + rest, tap_input
+        return self.prefixes.get("", "") + name, tap_input
+
     @property
     def installed(self) -> bool:
         return bool(self._handles)
@@ -55,7 +72,7 @@ class FeatureTaps:
         if self.installed or not self.keys:
             return
         for key in self.keys:
-            name, tap_input = split_tap(key)
+            name, tap_input = self.resolve(key)
             module = self.model.get_submodule(name)
             self._handles.append(module.register_forward_hook(self._capture(key, tap_input)))
 

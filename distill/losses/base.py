@@ -27,6 +27,22 @@ class StepOutputs:
     student_features: dict[str, Tensor] = field(default_factory=dict)
     teacher_features: dict[str, Tensor] = field(default_factory=dict)
     indices: Tensor | None = None
+    # With several teachers: each one's logits and the (batch, teachers) weights that combine
+    # their soft targets; `teacher_logits` then holds the combination's log-probabilities.
+    ensemble_logits: list[Tensor] | None = None
+    ensemble_weights: Tensor | None = None
+
+    def teacher_probabilities(self, temperature: float) -> Tensor:
+        """The teacher's soft targets at `temperature`, combined over an ensemble's teachers."""
+        if self.ensemble_logits is None:
+            return (self.teacher_logits / temperature).softmax(dim=-1)
+        return combine_soft_targets(self.ensemble_logits, self.ensemble_weights, temperature)
+
+
+def combine_soft_targets(logits: list[Tensor], weights: Tensor, temperature: float) -> Tensor:
+    """sum_i w_i softmax(logits_i / T), with (batch, teachers) weights."""
+    probabilities = torch.stack([(t / temperature).softmax(dim=-1) for t in logits], dim=1)
+    return (weights.unsqueeze(-1) * probabilities).sum(dim=1)
 
 
 class LossTerm(nn.Module):

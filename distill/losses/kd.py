@@ -20,6 +20,15 @@ def soft_target_kd(student_logits: Tensor, teacher_logits: Tensor, temperature: 
     return kl * temperature**2
 
 
+def soft_target_kd_from_probabilities(
+    student_logits: Tensor, teacher_probabilities: Tensor, temperature: float
+) -> Tensor:
+    """The same loss against given soft targets (a teacher ensemble's combined ones)."""
+    log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
+    kl = F.kl_div(log_p_student, teacher_probabilities, reduction="batchmean")
+    return kl * temperature**2
+
+
 class SoftTargetKD(LossTerm):
     """Hinton KD term; `temperature` > 0 softens both distributions."""
 
@@ -30,4 +39,10 @@ class SoftTargetKD(LossTerm):
         self.temperature = check_positive(temperature, "temperature")
 
     def compute(self, outputs: StepOutputs) -> Tensor:
+        if outputs.ensemble_logits is not None:
+            # Several teachers: the weighted mean of their soft targets at this temperature.
+            targets = outputs.teacher_probabilities(self.temperature)
+            return soft_target_kd_from_probabilities(
+                outputs.student_logits, targets, self.temperature
+            )
         return soft_target_kd(outputs.student_logits, outputs.teacher_logits, self.temperature)
