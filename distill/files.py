@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+try:  # POSIX; elsewhere the atomic rename alone keeps files whole
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
@@ -32,3 +40,20 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
 def atomic_write_json(path: str | Path, payload: Any) -> Path:
     text = json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n"
     return atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if needed); waits for another holder."""
+    with open(path, "a+") as handle:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("Another run holds %s; waiting for it", path)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)

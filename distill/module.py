@@ -16,6 +16,7 @@ from distill.errors import ConfigError
 from distill.losses import StepOutputs, WeightedSum
 from distill.taps import FeatureTaps
 from distill.teacher import FrozenTeacher
+from distill.teacher_outputs import TeacherOutputs
 
 OptimizerFactory = Callable[[Iterator[nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[[Optimizer], Any]
@@ -43,9 +44,11 @@ class DistillationModule(pl.LightningModule):
         lr_scheduler_interval: str = "epoch",
         example_inputs: Tensor | None = None,
         num_train_samples: int = 0,
+        teacher_outputs: TeacherOutputs | None = None,
     ) -> None:
         """`example_inputs` (one small batch) size the loss terms that need it; leave it out
-        when `build_loss_terms` was already called on this loss."""
+        when `build_loss_terms` was already called on this loss. `teacher_outputs`, when given,
+        replace the teacher's forward pass in training (batches must then carry indices)."""
         super().__init__()
         if loss.requires_teacher and teacher is None:
             raise ConfigError(
@@ -62,6 +65,7 @@ class DistillationModule(pl.LightningModule):
             else FrozenTeacher(teacher)
         )
         self.loss = loss
+        self.teacher_outputs = teacher_outputs
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.lr_scheduler_interval = lr_scheduler_interval
@@ -104,7 +108,8 @@ class DistillationModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         self.student_taps.install()
-        self.teacher_taps.install()
+        if self.teacher_outputs is None:
+            self.teacher_taps.install()
 
     def on_fit_end(self) -> None:
         self.student_taps.remove()
@@ -119,7 +124,12 @@ class DistillationModule(pl.LightningModule):
         self.teacher_taps.clear()
         student_logits = self.student(inputs)
         teacher_logits, ensemble_logits, ensemble_weights = None, None, None
-        if isinstance(self.teacher, TeacherEnsemble) and self.loss.requires_teacher:
+        if self.teacher_outputs is not None and self.loss.requires_teacher:
+            if not rest:
+                raise RuntimeError("cached teacher outputs need batches with sample indices")
+            teacher_logits, cached_features = self.teacher_outputs.lookup(rest[0], inputs.device)
+            self.teacher_taps.features.update(cached_features)
+        elif isinstance(self.teacher, TeacherEnsemble) and self.loss.requires_teacher:
             teacher_logits, ensemble_logits, ensemble_weights = self.teacher.outputs(
                 inputs, targets
             )

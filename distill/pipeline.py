@@ -25,10 +25,11 @@ from distill.config import build, build_named
 from distill.data import ClassificationDataModule
 from distill.deploy import save_slim
 from distill.ensemble import TeacherEnsemble
+from distill.errors import ConfigError
 from distill.files import atomic_write, atomic_write_json
 from distill.losses import WeightedSum
 from distill.module import DistillationModule, build_loss_terms
-from distill.provision import build_teachers, provide_teachers, teacher_nodes
+from distill.provision import build_teachers, data_material, provide_teachers, teacher_nodes
 from distill.summary import (
     artifact,
     count_nonzero_parameters,
@@ -37,6 +38,8 @@ from distill.summary import (
     weight_sparsity,
 )
 from distill.taps import FeatureTaps
+from distill.teacher import FrozenTeacher
+from distill.teacher_outputs import cached_teacher_outputs
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +62,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     student: nn.Module = build(cfg.student, "student")
     check_fits_data(student, datamodule, "student")
     teacher = build_teachers(cfg, datamodule) if loss.requires_teacher else None
-    prepare_loss(loss, student, teacher, datamodule)
+    use_output_cache, cache_reason = plan_teacher_output_cache(cfg, teacher, datamodule)
+    teacher_taps = prepare_loss(loss, student, teacher, datamodule)
+    datamodule.return_indices |= use_output_cache
     optimizer = build(cfg.optimizer, "optimizer")
     lr_scheduler = build(cfg.lr_scheduler, "lr_scheduler") if cfg.lr_scheduler else None
     callbacks = list(build_named(cfg.callbacks, "callbacks").values())
@@ -78,6 +83,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if teacher is not None:
         teacher_facts = provide_teachers(cfg, teacher, datamodule)
     teacher_s = time.perf_counter() - teacher_started
+    teacher_outputs, cache_facts = None, {"used": False, "reason": cache_reason}
+    if use_output_cache:
+        teacher_outputs, cache_facts = cached_teacher_outputs(
+            FrozenTeacher(teacher),
+            teacher_taps,
+            datamodule.train_dataset,
+            Path(cfg.paths.cache_dir) / "teacher_outputs",
+            material={"data": data_material(cfg), "split_seed": cfg.seed},
+        )
     module = DistillationModule(
         student,
         loss,
@@ -85,6 +99,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         lr_scheduler=lr_scheduler,
         num_classes=datamodule.num_classes,
         teacher=teacher,
+        teacher_outputs=teacher_outputs,
     )
 
     for logger in loggers:
@@ -142,6 +157,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "loss": {name: type(term).__name__ for name, term in loss.terms.items()},
         "timing": {
             "teacher_s": teacher_s,
+            "teacher_cache": cache_facts,
             "fit_s": fit_s,
             "test_s": test_s,
             "epochs": trainer.current_epoch,
@@ -169,8 +185,11 @@ def prepare_loss(
     student: nn.Module,
     teacher: nn.Module | None,
     datamodule: ClassificationDataModule,
-) -> None:
-    """Check every feature tap and size the loss terms' adapters and banks, before training."""
+) -> FeatureTaps:
+    """Check every feature tap and size the loss terms' adapters and banks, before training.
+
+    Returns the teacher's taps (what a teacher-output cache must store).
+    """
     terms = loss.terms.values()
     student_taps = FeatureTaps(
         student, [key for term in terms for key in term.student_taps], "loss (student tap)"
@@ -189,3 +208,33 @@ def prepare_loss(
         datamodule.example_input_batch(2),
         num_train_samples=len(datamodule.train_dataset),
     )
+    return teacher_taps
+
+
+CACHE_MODES = ("auto", "on", "off")
+
+
+def plan_teacher_output_cache(
+    cfg: DictConfig, teacher: nn.Module | None, datamodule: ClassificationDataModule
+) -> tuple[bool, str | None]:
+    """Whether to compute teacher outputs once, and if not, why (for the log and summary)."""
+    mode = cfg.get("teacher_output_cache", "off")
+    if mode not in CACHE_MODES:
+        raise ConfigError("teacher_output_cache", mode, f"one of {CACHE_MODES}")
+    reason = None
+    if teacher is None:
+        reason = "no teacher"
+    elif datamodule.has_random_augmentation:
+        reason = (
+            "the training inputs are randomly augmented, so teacher outputs change every epoch "
+            "(turn augmentation off, e.g. data.augment=false, to cache them)"
+        )
+    elif isinstance(teacher, TeacherEnsemble):
+        reason = "teacher ensembles are not cached yet"
+    elif mode == "off":
+        reason = "teacher_output_cache=off"
+    if mode == "on" and reason is not None:
+        raise ConfigError("teacher_output_cache", mode, f"'auto' or 'off' here: {reason}")
+    if reason is not None and teacher is not None:
+        log.info("Teacher outputs are not cached: %s", reason)
+    return reason is None, reason

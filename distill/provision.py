@@ -33,6 +33,15 @@ log = logging.getLogger(__name__)
 DATA_KEYS_NOT_IN_CACHE_KEY = ("num_workers", "eval_batch_size")
 
 
+def data_material(cfg: DictConfig) -> dict[str, Any]:
+    """The data settings that decide what a teacher sees (cache keys are built from them)."""
+    return {
+        key: value
+        for key, value in OmegaConf.to_container(cfg.data, resolve=True).items()
+        if key not in DATA_KEYS_NOT_IN_CACHE_KEY
+    }
+
+
 def teacher_nodes(cfg: DictConfig) -> dict[str, tuple[str, DictConfig]]:
     """name -> (config path, node) of every teacher of the run."""
     if cfg.get("teachers"):
@@ -87,14 +96,9 @@ def provide_teacher(
         path = Path(node.checkpoint)
         log.info("Teacher %s loaded from %s", field, path)
         return {"origin": "checkpoint", "checkpoint": artifact(path, Path("/"))}
-    data_material = {
-        key: value
-        for key, value in OmegaConf.to_container(cfg.data, resolve=True).items()
-        if key not in DATA_KEYS_NOT_IN_CACHE_KEY
-    }
     material = {
         "model": OmegaConf.to_container(node.model, resolve=True),
-        "data": data_material,
+        "data": data_material(cfg),
         "train": OmegaConf.to_container(node.train, resolve=True),
         "seed": cfg.seed,
     }

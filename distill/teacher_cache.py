@@ -7,12 +7,11 @@ serialises training of one key, and the weights appear only through an atomic re
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,8 @@ import torch
 from torch import nn
 
 from distill.errors import ConfigError
-from distill.files import atomic_write, atomic_write_json
+from distill.files import atomic_write, atomic_write_json, exclusive_lock
 from distill.teacher import load_weights
-
-try:  # POSIX; elsewhere the atomic rename alone keeps entries whole
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +70,7 @@ class TeacherCache:
             raise ConfigError(
                 "teacher.cache_dir", str(self.directory), f"a writable directory ({error})"
             ) from error
-        with _exclusive_lock(entry / ".lock"):
+        with exclusive_lock(entry / ".lock"):
             if weights.is_file():
                 try:
                     load_weights(model, weights, field="teacher cache entry")
@@ -91,19 +85,3 @@ class TeacherCache:
             atomic_write(weights, lambda f: torch.save({"state_dict": model.state_dict()}, f))
             atomic_write_json(meta_path, meta)
             return CachedTeacher("trained", weights, meta)
-
-
-@contextlib.contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
-    with open(path, "a+") as handle:
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("Another run is training this teacher; waiting for it (%s)", path.parent)
-                fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(handle, fcntl.LOCK_UN)

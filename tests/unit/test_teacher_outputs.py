@@ -1,0 +1,58 @@
+"""Teacher outputs computed once: equal to the teacher's forward pass, keyed, memory-mapped."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from distill.taps import FeatureTaps
+from distill.teacher import FrozenTeacher
+from distill.teacher_outputs import cached_teacher_outputs
+
+
+def teacher_and_data():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+    data = TensorDataset(torch.randn(23, 5), torch.randint(0, 3, (23,)))
+    return model, data
+
+
+def test_outputs_match_the_teacher_and_are_reused(tmp_path):
+    model, data = teacher_and_data()
+    taps = FeatureTaps(model, ["1"], field="loss")
+    outputs, facts = cached_teacher_outputs(
+        FrozenTeacher(model), taps, data, tmp_path, {"data": "toy"}, batch_size=4
+    )
+    assert facts["origin"] == "computed" and facts["used"]
+    assert isinstance(outputs.arrays["logits"], np.memmap)
+    indices = torch.tensor([22, 0, 7])
+    logits, features = outputs.lookup(indices, torch.device("cpu"))
+    inputs = data.tensors[0][indices]
+    with torch.no_grad():
+        assert torch.allclose(logits, model(inputs), atol=1e-6)
+        assert torch.allclose(features["1"], torch.relu(model[0](inputs)), atol=1e-6)
+
+    again, facts = cached_teacher_outputs(
+        FrozenTeacher(model), taps, data, tmp_path, {"data": "toy"}, batch_size=4
+    )
+    assert facts["origin"] == "cache"
+    assert again.directory == outputs.directory
+
+
+def test_other_weights_data_or_taps_get_their_own_entry(tmp_path):
+    model, data = teacher_and_data()
+    taps = FeatureTaps(model, [], field="loss")
+    first, _ = cached_teacher_outputs(FrozenTeacher(model), taps, data, tmp_path, {"d": 1})
+    other_data, _ = cached_teacher_outputs(FrozenTeacher(model), taps, data, tmp_path, {"d": 2})
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    other_weights, _ = cached_teacher_outputs(FrozenTeacher(model), taps, data, tmp_path, {"d": 1})
+    tapped = FeatureTaps(model, ["1"], field="loss")
+    other_taps, _ = cached_teacher_outputs(FrozenTeacher(model), tapped, data, tmp_path, {"d": 1})
+    directories = {o.directory for o in (first, other_data, other_weights, other_taps)}
+    assert len(directories) == 4
+    # No half-written entries or staging directories are left behind.
+    assert all((d / "done").is_file() for d in directories)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") and p.is_dir()]
