@@ -103,6 +103,18 @@ def check_positive(value: float, field: str) -> float:
     return float(value)
 
 
+def check_real(value: float, field: str, minimum: float, allowed: str) -> float:
+    """A finite number >= `minimum`, or a ConfigError saying what is `allowed`."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < minimum
+    ):
+        raise ConfigError(field, value, allowed)
+    return float(value)
+
+
 def check_weight(weight: float, field: str = "weight") -> float:
     """A term's weight must be a finite, non-negative number."""
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):

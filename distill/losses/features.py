@@ -36,6 +36,42 @@ def batch_vectors(
     return student_feature.reshape(batch, -1), teacher_feature.reshape(batch, -1)
 
 
+def check_same_spatial_size(
+    term: str,
+    student_taps: Sequence[str],
+    teacher_taps: Sequence[str],
+    student_shapes: Mapping[str, torch.Size],
+    teacher_shapes: Mapping[str, torch.Size],
+) -> None:
+    """Each pair must be feature maps with equal spatial sizes (channels may differ).
+
+    Raised at build time, before training, naming the pair: these terms compare positions
+    (or per-channel spatial patterns), and no adapter changes resolution.
+    """
+    for student_tap, teacher_tap in zip(student_taps, teacher_taps, strict=True):
+        s_shape, t_shape = tuple(student_shapes[student_tap]), tuple(teacher_shapes[teacher_tap])
+        for field, tap, shape in (
+            ("student", student_tap, s_shape),
+            ("teacher", teacher_tap, t_shape),
+        ):
+            if len(shape) < 3:
+                raise ConfigError(
+                    field,
+                    tap,
+                    f"a tap giving a feature map (batch, channels, *spatial) for {term}; "
+                    f"{tap} gives {shape}",
+                )
+        if s_shape[2:] != t_shape[2:]:
+            raise ConfigError(
+                "teacher",
+                teacher_tap,
+                f"a tap with the spatial size of student {student_tap}: {term} compares "
+                f"spatial maps, and student {student_tap} gives {s_shape[1:]} while teacher "
+                f"{teacher_tap} gives {t_shape[1:]} (channels, *spatial); choose taps with "
+                f"the same spatial size",
+            )
+
+
 def make_adapter(student_shape: torch.Size, teacher_shape: torch.Size) -> nn.Module:
     """A learned map from a student feature to the teacher's shape.
 
@@ -74,6 +110,9 @@ class FeatureLossTerm(LossTerm):
 
     requires_teacher = True
     needs_same_shape = False
+    # Terms that compare positions (attention maps, channel patterns) need pairs of feature
+    # maps with the same spatial size; an adapter changes channels, not resolution.
+    needs_same_spatial_size = False
     # Terms that relate samples within a batch need a few of them; a smaller batch (the last,
     # partial one of an epoch) contributes zero instead of stopping the run.
     min_batch = 1
@@ -113,6 +152,14 @@ class FeatureLossTerm(LossTerm):
         teacher_shapes: Mapping[str, torch.Size],
         num_train_samples: int,
     ) -> None:
+        if self.needs_same_spatial_size:
+            check_same_spatial_size(
+                type(self).__name__,
+                self._student_taps,
+                self._teacher_taps,
+                student_shapes,
+                teacher_shapes,
+            )
         self.adapters = nn.ModuleList()
         for student_tap, teacher_tap in zip(self._student_taps, self._teacher_taps, strict=True):
             s_shape, t_shape = student_shapes[student_tap], teacher_shapes[teacher_tap]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from distill.errors import ConfigError
-from distill.losses.at import check_real, check_same_spatial_size
+from distill.losses.base import check_real
 from distill.losses.features import FeatureLossTerm
 
 
@@ -68,6 +67,8 @@ class NeuronSelectivityTransfer(FeatureLossTerm):
     matches only the mean pattern. Spatial sizes must agree, which `build` checks.
     """
 
+    needs_same_spatial_size = True
+
     def __init__(
         self,
         student: str | Sequence[str],
@@ -81,21 +82,6 @@ class NeuronSelectivityTransfer(FeatureLossTerm):
             raise ConfigError("degree", degree, "an integer >= 1 (the paper's best is 2)")
         self.degree = degree
         self.c = check_real(c, "c", 0.0, "a finite number >= 0 (the paper's best is 0)")
-
-    def build(
-        self,
-        student_shapes: Mapping[str, torch.Size],
-        teacher_shapes: Mapping[str, torch.Size],
-        num_train_samples: int,
-    ) -> None:
-        check_same_spatial_size(
-            type(self).__name__,
-            self.student_taps,
-            self.teacher_taps,
-            student_shapes,
-            teacher_shapes,
-        )
-        super().build(student_shapes, teacher_shapes, num_train_samples)
 
     def pair_loss(self, student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
         return nst_mmd(student_feature, teacher_feature, self.degree, self.c)
