@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distill.errors import ConfigError
+from distill.losses.base import check_positive
 from distill.losses.features import FeatureLossTerm, batch_vectors
 
 
@@ -65,18 +66,11 @@ class CorrelationCongruence(FeatureLossTerm):
         adapter: str = "auto",
     ) -> None:
         super().__init__(student, teacher, weight=weight, adapter=adapter)
-        if (
-            isinstance(gamma, bool)
-            or not isinstance(gamma, (int, float))
-            or not math.isfinite(gamma)
-            or gamma <= 0
-        ):
-            # gamma = 0 makes the kernel constant and the loss identically 0.
-            raise ConfigError("gamma", gamma, "a finite number > 0, e.g. 0.4")
+        # gamma = 0 makes the kernel constant and the loss identically 0.
+        self.gamma = check_positive(gamma, "gamma")
         if isinstance(order, bool) or not isinstance(order, int) or order < 1:
             # order 0 keeps only the constant term: the loss would be identically 0.
             raise ConfigError("order", order, "an integer >= 1, e.g. 2")
-        self.gamma = float(gamma)
         self.order = order
 
     def pair_loss(self, student_feature: Tensor, teacher_feature: Tensor) -> Tensor:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.errors import ConfigError
+from distill.losses.base import check_positive
 from distill.losses.features import FeatureLossTerm, batch_vectors
 
 
@@ -67,14 +66,7 @@ class PKT(FeatureLossTerm):
         adapter: str = "auto",
     ) -> None:
         super().__init__(student, teacher, weight=weight, adapter=adapter)
-        if (
-            isinstance(eps, bool)
-            or not isinstance(eps, (int, float))
-            or not math.isfinite(eps)
-            or eps <= 0
-        ):
-            raise ConfigError("eps", eps, "a small finite number > 0, e.g. 1e-7")
-        self.eps = float(eps)
+        self.eps = check_positive(eps, "eps")
 
     def pair_loss(self, student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
         return probabilistic_transfer(student_feature, teacher_feature, self.eps)

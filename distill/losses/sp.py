@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -40,15 +38,6 @@ class SimilarityPreserving(FeatureLossTerm):
     min_batch = 2
 
     needs_same_shape = False
-
-    def __init__(
-        self,
-        student: str | Sequence[str],
-        teacher: str | Sequence[str],
-        weight: float = 1.0,
-        adapter: str = "auto",
-    ) -> None:
-        super().__init__(student, teacher, weight=weight, adapter=adapter)
 
     def pair_loss(self, student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
         return similarity_preserving(student_feature, teacher_feature)
