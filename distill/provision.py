@@ -137,6 +137,9 @@ def train_teacher(
         ),
         num_classes=datamodule.num_classes,
     )
+    # One device, never a distributed strategy: under DDP the other ranks start only when the
+    # student's fit launches them, and they then find this teacher in the cache. A DDP teacher
+    # fit here would wait for ranks that are themselves waiting for the cache lock.
     trainer: pl.Trainer = build(
         cfg.trainer,
         "trainer",
@@ -145,6 +148,9 @@ def train_teacher(
         enable_checkpointing=False,
         callbacks=[],
         default_root_dir=str(Path(cfg.paths.output_dir) / "teacher"),
+        devices=1,
+        strategy="auto",
+        sync_batchnorm=False,
     )
     trainer.fit(module, datamodule=datamodule)
     (results,) = trainer.test(module, datamodule=datamodule, verbose=False)

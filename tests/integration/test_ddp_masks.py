@@ -6,6 +6,7 @@ Lightning's `ddp` strategy, which starts the second rank by re-running the scrip
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -77,3 +78,42 @@ def test_every_rank_ends_with_identical_masks(name, tmp_path):
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
     assert any(not mask.all() for mask in rank0.values())
+
+
+@pytest.mark.slow
+def test_distill_train_under_ddp_trains_the_teacher_once_and_finishes(tmp_path):
+    # The teacher is trained on one device before the second rank starts; that rank then finds
+    # it in the cache (a DDP teacher fit would wait for a rank that waits for the cache lock).
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distill.cli.train",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "data=digits",
+            "teacher=cnn2d_digits",
+            "student=mlp",
+            "teacher.train.max_epochs=2",
+            "trainer.max_epochs=3",
+            "pruning=agp_unstructured",
+            "pruning.schedule.start=0",
+            "pruning.schedule.num_updates=2",
+            "logger=csv",
+        ],
+        cwd=tmp_path,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "OMP_NUM_THREADS": "1",
+            "DISTILL_CACHE_DIR": str(tmp_path / "cache"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (summary_path,) = tmp_path.glob("outputs/*/*/summary.json")
+    summary = json.loads(summary_path.read_text())
+    assert summary["teacher"]["origin"] == "trained"
+    assert summary["sparsity"]["layers"]["features.3"] == pytest.approx(0.8, abs=1e-3)
