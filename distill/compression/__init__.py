@@ -1,5 +1,7 @@
-"""Pruning: one mask mechanism, pure criteria, schedules, and the callback that drives them."""
+"""Compression of the student while it learns: masks and pruning criteria, schedules, fake
+quantization, weight sharing, and the callbacks that drive them."""
 
+from distill.compression.activation_sites import ActivationSites, find_activation_sites
 from distill.compression.callback import PruningCallback
 from distill.compression.criteria import (
     bn_gamma_scores,
@@ -13,6 +15,7 @@ from distill.compression.criteria import (
     random_mask,
     taylor_channel_scores,
 )
+from distill.compression.fake_quant import ActivationFakeQuant, WeightFakeQuant
 from distill.compression.masks import (
     WeightMask,
     attach_mask,
@@ -22,6 +25,7 @@ from distill.compression.masks import (
     set_mask,
 )
 from distill.compression.pruners import ChannelPruning, Magnitude, NMSparsity, RandomPruning
+from distill.compression.qat import QuantizationCallback, WeightSharingSettings
 from distill.compression.schedules import (
     AGPSchedule,
     IterativeSchedule,
@@ -29,9 +33,12 @@ from distill.compression.schedules import (
     OneShotSchedule,
     SparsitySchedule,
 )
+from distill.compression.sharing import SharedWeights, attach_weight_sharing, kmeans_1d
 
 __all__ = [
     "AGPSchedule",
+    "ActivationFakeQuant",
+    "ActivationSites",
     "ChannelPruning",
     "IterativeSchedule",
     "LinearSchedule",
@@ -39,17 +46,24 @@ __all__ = [
     "NMSparsity",
     "OneShotSchedule",
     "PruningCallback",
+    "QuantizationCallback",
     "RandomPruning",
+    "SharedWeights",
     "SparsitySchedule",
+    "WeightFakeQuant",
     "WeightMask",
+    "WeightSharingSettings",
     "attach_mask",
+    "attach_weight_sharing",
     "bake_into",
     "bn_gamma_scores",
     "channel_mask",
     "effective_state_dict",
     "expand_channel_mask",
+    "find_activation_sites",
     "get_mask",
     "global_magnitude_masks",
+    "kmeans_1d",
     "l1_channel_scores",
     "l2_channel_scores",
     "magnitude_mask",

@@ -119,12 +119,16 @@ def effective_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
     Every parametrized tensor is evaluated through its whole chain (mask, then any fake-quant)
     and stored under its plain key (`layer.weight`); keys under `layer.parametrizations.` are
-    dropped. `model` is not changed, provided its parametrizations keep no state in forward.
+    dropped, and so are those of modules marked `training_only` (activation observers).
+    `model` is not changed, provided its parametrizations keep no state in forward.
     """
     effective: dict[str, Tensor] = {}
     dropped_prefixes: list[str] = []
     with torch.no_grad():
         for module_name, module in model.named_modules(remove_duplicate=False):
+            if getattr(module, "training_only", False):
+                dropped_prefixes.append(f"{module_name}.")
+                continue
             if not parametrize.is_parametrized(module):
                 continue
             prefix = f"{module_name}." if module_name else ""

@@ -29,6 +29,9 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
+        # A ReLU module (not F.relu): quantization observes its output, so the next conv reads
+        # quantized values and onnxruntime can run it in int8. It holds no state.
+        self.relu1 = nn.ReLU()
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.shortcut: nn.Module = nn.Identity()
@@ -39,8 +42,8 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
-        # Functional, non-inplace ReLU: a forward hook on a BN layer keeps its pre-activation.
-        out = F.relu(self.bn1(self.conv1(x)))
+        # Non-inplace ReLUs: a forward hook on a BN layer keeps its pre-activation.
+        out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return F.relu(out + self.shortcut(x))
 
@@ -78,6 +81,7 @@ class CifarResNet(nn.Module):
         stem_width, *stage_widths = widths
         self.conv1 = nn.Conv2d(in_channels, stem_width, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem_width)
+        self.relu1 = nn.ReLU()
         self.layer1 = _stage(stem_width, stage_widths[0], blocks_per_stage, stride=1)
         self.layer2 = _stage(stage_widths[0], stage_widths[1], blocks_per_stage, stride=2)
         self.layer3 = _stage(stage_widths[1], stage_widths[2], blocks_per_stage, stride=2)
@@ -88,7 +92,7 @@ class CifarResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Map `(batch, in_channels, height, width)` to logits `(batch, num_classes)`."""
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.relu1(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
         return self.fc(torch.flatten(self.avgpool(out), 1))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.errors import ConfigError
@@ -22,8 +21,12 @@ class WideBasicBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int, dropout: float) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_channels)
+        # ReLU modules (not F.relu): quantization observes their outputs, so the convs after
+        # them read quantized values and onnxruntime can run them in int8.
+        self.relu1 = nn.ReLU()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu2 = nn.ReLU()
         # Kept even at p=0 so layer names do not depend on the dropout setting.
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
@@ -32,9 +35,9 @@ class WideBasicBlock(nn.Module):
             self.shortcut = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        preactivated = F.relu(self.bn1(x))
+        preactivated = self.relu1(self.bn1(x))
         out = self.conv1(preactivated)
-        out = self.conv2(self.dropout(F.relu(self.bn2(out))))
+        out = self.conv2(self.dropout(self.relu2(self.bn2(out))))
         residual = x if self.shortcut is None else self.shortcut(preactivated)
         return out + residual
 
@@ -82,6 +85,7 @@ class WideResNet(nn.Module):
         self.layer3 = _stage(w2, w3, blocks_per_stage, 2, dropout)
         # Pre-activation blocks end on a conv, so the head needs its own BN-ReLU.
         self.bn_final = nn.BatchNorm2d(w3)
+        self.relu_final = nn.ReLU()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(w3, self.num_classes)
         init_resnet_weights(self)
@@ -89,7 +93,7 @@ class WideResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Map `(batch, in_channels, height, width)` to logits `(batch, num_classes)`."""
         out = self.layer3(self.layer2(self.layer1(self.conv1(x))))
-        out = F.relu(self.bn_final(out))
+        out = self.relu_final(self.bn_final(out))
         return self.fc(torch.flatten(self.avgpool(out), 1))
 
 

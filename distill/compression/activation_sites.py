@@ -1,0 +1,224 @@
+"""Where activations are fake-quantized, and the hooks that do it.
+
+onnxruntime runs a conv, matmul or add in int8 only when its inputs come from DequantizeLinear
+and its output goes to QuantizeLinear (DESIGN.md section 3: placing Q/DQ on inputs alone gave no
+speed-up). So the sites are the model input and the outputs of every conv, linear, BatchNorm,
+ReLU and pooling module, and of every custom module (a residual block's output is its `relu(x +
+shortcut)`, the only handle on a functional add). Two refinements, found by one recorded forward
+pass that follows tensors from producer to consumer:
+
+- a conv or linear whose output goes straight into a BatchNorm is folded with it when deployed,
+  so only the BatchNorm's output is a site (quantizing before it would add noise the deployed
+  model never has);
+- a tensor a ReLU module consumes is not a site: the ReLU's output is, and onnxruntime drops a
+  ReLU in front of a QuantizeLinear whose zero point is 0.
+
+Training and export place the same sites by module name, so the simulated model and the deployed
+one round the same tensors. Hooks are owned by `ActivationQuantizer`; the observers live in the
+student (`student.activation_quant`), so they are checkpointed with it and, under DDP, broadcast
+from rank 0 like any buffer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from torch.utils.hooks import RemovableHandle
+
+from distill.compression.fake_quant import ActivationFakeQuant
+from distill.errors import ConfigError
+
+INPUT_SITE = "<input>"
+OBSERVERS_ATTR = "activation_quant"
+
+_CONV_LINEAR = (nn.Conv1d, nn.Conv2d, nn.Linear)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+_RELUS = (nn.ReLU, nn.ReLU6)
+_SITE_TYPES = (
+    *_CONV_LINEAR,
+    *_NORMS,
+    *_RELUS,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+)
+# BatchNorm that folds into the layer before it: (layer type, norm type). isinstance, because a
+# parametrized layer's class is a generated subclass (ParametrizedConv1d).
+_FOLDABLE = {(nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Linear, nn.BatchNorm1d)}
+
+
+@dataclass
+class ActivationSites:
+    """Module names whose outputs are quantized (`INPUT_SITE` for the model input), in call
+    order, and the conv/linear -> BatchNorm pairs folded at deployment."""
+
+    names: list[str]
+    folds: dict[str, str] = field(default_factory=dict)
+
+
+def _is_custom(module: nn.Module) -> bool:
+    return not type(module).__module__.startswith("torch.")
+
+
+def find_activation_sites(model: nn.Module, example_inputs: Tensor) -> ActivationSites:
+    """Record one forward pass of `model` and choose its activation sites (see module doc)."""
+    calls: list[tuple[str, nn.Module, list[int], Tensor]] = []
+    keep_alive: list[Tensor] = [example_inputs]  # ids are only unique while tensors live
+
+    def recorder(name: str) -> Callable:
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            if isinstance(output, Tensor) and output.is_floating_point():
+                inputs = [arg for arg in args if isinstance(arg, Tensor)]
+                keep_alive.extend(inputs)
+                keep_alive.append(output)
+                calls.append((name, module, [id(t) for t in inputs], output))
+
+        return hook
+
+    # Parametrizations (masks, fake-quant) compute weights, not activations.
+    weight_side = {
+        id(inner)
+        for module in model.modules()
+        if isinstance(module, parametrize.ParametrizationList)
+        for inner in module.modules()
+    }
+    handles = [
+        module.register_forward_hook(recorder(name))
+        for name, module in model.named_modules()
+        if id(module) not in weight_side
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example_inputs)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+
+    consumers: dict[int, list[nn.Module]] = {}
+    for _, module, input_ids, _ in calls:
+        for tensor_id in input_ids:
+            consumers.setdefault(tensor_id, []).append(module)
+    producer = {id(output): (name, module) for name, module, _, output in reversed(calls)}
+
+    folds = {}
+    for name, module, input_ids, _ in calls:
+        if isinstance(module, _NORMS) and len(input_ids) == 1 and input_ids[0] in producer:
+            layer_name, layer = producer[input_ids[0]]
+            foldable = any(
+                isinstance(layer, layer_type) and isinstance(module, norm_type)
+                for layer_type, norm_type in _FOLDABLE
+            )
+            if foldable and len(consumers[input_ids[0]]) == 1:
+                folds[layer_name] = name
+
+    names = [INPUT_SITE]
+    seen = {id(example_inputs)}
+    for name, module, _, output in calls:
+        if id(output) in seen or not name:
+            continue
+        if not (isinstance(module, _SITE_TYPES) or _is_custom(module)):
+            continue
+        if name in folds:
+            continue
+        if any(isinstance(consumer, _RELUS) for consumer in consumers.get(id(output), [])):
+            continue
+        seen.add(id(output))
+        names.append(name)
+    return ActivationSites(names=names, folds=folds)
+
+
+def observer_key(site: str) -> str:
+    """A ModuleDict key for a site (module names have dots, keys may not)."""
+    return site.replace(".", "/")
+
+
+def qdq_hook(fake_quant: Callable[[Tensor], Tensor]) -> Callable:
+    def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        return fake_quant(output)
+
+    return hook
+
+
+def input_qdq_hook(fake_quant: Callable[[Tensor], Tensor]) -> Callable:
+    def hook(module: nn.Module, args: tuple) -> tuple:
+        return (fake_quant(args[0]), *args[1:])
+
+    return hook
+
+
+class SiteHooks:
+    """Forward hooks applying `transform(site)` at each site of a model; owns the handles."""
+
+    def __init__(
+        self, model: nn.Module, sites: Iterable[str], transform: Callable[[str], Callable]
+    ) -> None:
+        self.handles: list[RemovableHandle] = []
+        for site in sites:
+            if site == INPUT_SITE:
+                hook = input_qdq_hook(transform(site))
+                self.handles.append(model.register_forward_pre_hook(hook))
+            else:
+                module = _site_module(model, site)
+                self.handles.append(module.register_forward_hook(qdq_hook(transform(site))))
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+def _site_module(model: nn.Module, site: str) -> nn.Module:
+    try:
+        return model.get_submodule(site)
+    except AttributeError as error:
+        raise ConfigError(
+            "quantization.sites", site, "the name of a module of this student"
+        ) from error
+
+
+class ActivationQuantizer:
+    """Observers + fake-quant hooks at a student's activation sites."""
+
+    def __init__(self, sites: ActivationSites | None = None, momentum: float = 0.1) -> None:
+        self.sites = sites  # found when the student is first seen, if not given
+        self.momentum = momentum
+        self.hooks: SiteHooks | None = None
+
+    def attach(self, model: nn.Module) -> nn.ModuleDict:
+        """Add `model.activation_quant` (one observer per site) and hook them in."""
+        if self.sites is None:
+            raise ConfigError("quantization.sites", None, "sites found by find_activation_sites")
+        if hasattr(model, OBSERVERS_ATTR):
+            raise ConfigError(
+                "quantization", type(model).__name__, "a student without activation observers yet"
+            )
+        observers = nn.ModuleDict(
+            {observer_key(site): ActivationFakeQuant(self.momentum) for site in self.sites.names}
+        )
+        device = next(iter(model.parameters()), torch.empty(0)).device
+        model.add_module(OBSERVERS_ATTR, observers.to(device))
+        self.hooks = SiteHooks(model, self.sites.names, lambda site: observers[observer_key(site)])
+        return observers
+
+    def detach(self) -> None:
+        if self.hooks is not None:
+            self.hooks.remove()
+            self.hooks = None
+
+
+def observers_of(model: nn.Module) -> dict[str, ActivationFakeQuant]:
+    """site -> observer, for a model an `ActivationQuantizer` was attached to."""
+    observers = getattr(model, OBSERVERS_ATTR, None)
+    if not isinstance(observers, nn.ModuleDict):
+        return {}
+    return {key.replace("/", "."): observer for key, observer in observers.items()}

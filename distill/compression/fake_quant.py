@@ -1,0 +1,148 @@
+"""Fake quantization: float tensors rounded onto the integer grid they will have when deployed.
+
+Weights: `WeightFakeQuant`, a parametrization registered after the pruning mask (mask, then
+quantize), per output channel, symmetric (zero point 0, range [-(2^(b-1)-1), 2^(b-1)-1]), so
+pruned weights stay exactly 0 and the ONNX export stores the same integers. The scale follows
+the current weights (max |w| per channel); the gradient is straight-through.
+
+Activations: `ActivationFakeQuant`, per tensor, affine uint8, with a moving-average min/max
+observer (momentum 0.1: DESIGN.md section 3 measured 0.01 to stall). The same scale and zero
+point become the QuantizeLinear / DequantizeLinear pair of the int8 ONNX graph.
+
+torch.ao's eager QAT is deprecated and on x86 its fake-quant clips activations where its own int8
+kernels do not (DESIGN.md section 3); these two modules use only the `torch.fake_quantize_*` ops.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from distill.errors import ConfigError
+
+WEIGHT_BITS = range(2, 9)  # what fake quantization simulates
+EXPORTABLE_WEIGHT_BITS = (7, 8)  # what the int8 QDQ ONNX export stores (int8 initializers)
+ACTIVATION_RANGE = (0, 255)  # uint8, affine
+_TINY_SCALE = 1e-12  # an all-zero (pruned) channel still needs a positive scale
+
+
+def check_bits(bits: object, field: str) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in WEIGHT_BITS:
+        raise ConfigError(
+            field,
+            bits,
+            "an integer number of weight bits from 2 to 8 (8: int8 default; 7: int8 kernels "
+            "on CPUs without VNNI; 4 and below: weight-only experiments, not exportable to ONNX)",
+        )
+    return bits
+
+
+class WeightFakeQuant(nn.Module):
+    """Parametrization: per-channel symmetric fake quantization of a weight, off until enabled.
+
+    The `enabled` flag is a buffer, so a checkpoint taken during the float warm-up restores a
+    float model and one taken during QAT a quantized one.
+    """
+
+    enabled: Tensor
+
+    def __init__(self, bits: int = 8) -> None:
+        super().__init__()
+        self.bits = check_bits(bits, "quantization.weight_bits")
+        self.qmax = 2 ** (bits - 1) - 1
+        self.register_buffer("enabled", torch.tensor(False))
+
+    def scale(self, weight: Tensor) -> Tensor:
+        """One scale per output channel (dim 0): the channel's max |w| maps to qmax."""
+        amax = weight.detach().abs().flatten(1).amax(dim=1) if weight.dim() > 1 else weight.abs()
+        return (amax / self.qmax).clamp_min(_TINY_SCALE).float()
+
+    def forward(self, weight: Tensor) -> Tensor:
+        if not bool(self.enabled):
+            return weight
+        scale = self.scale(weight)
+        zero_point = torch.zeros_like(scale, dtype=torch.int32)
+        return torch.fake_quantize_per_channel_affine(
+            weight, scale, zero_point, 0, -self.qmax, self.qmax
+        )
+
+    @torch.no_grad()
+    def quantize(self, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """The integers and per-channel scales `forward` uses: `forward(w) == q * scale` exactly.
+
+        `weight` is this parametrization's input (the masked weight), not the effective one.
+        The rounding repeats the fake-quant kernel's arithmetic (x * (1 / scale), round half to
+        even), so dequantizing in float32 gives back the fake-quantized weight bit for bit.
+        """
+        scale = self.scale(weight)
+        shape = (-1,) + (1,) * (weight.dim() - 1)
+        inverse = (1.0 / scale).view(shape)
+        q = torch.round(weight.float() * inverse).clamp_(-self.qmax, self.qmax)
+        return q.to(torch.int8), scale
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, enabled={bool(self.enabled)}"
+
+
+class ActivationFakeQuant(nn.Module):
+    """Observer + fake quantization of one activation tensor (per tensor, affine uint8).
+
+    `observing`: update the moving min/max in training mode (the first batch sets them).
+    `enabled`: round the tensor onto the grid the min/max define. Both are buffers, so the
+    phase is part of the model's state; under DDP, buffers are broadcast from rank 0 before
+    every forward, so all ranks quantize with the same scales.
+    """
+
+    # Exists only to train and export the student: not part of the plain (baked) student.
+    training_only = True
+
+    min_val: Tensor
+    max_val: Tensor
+    initialized: Tensor
+    enabled: Tensor
+    observing: Tensor
+
+    def __init__(self, momentum: float = 0.1) -> None:
+        super().__init__()
+        if isinstance(momentum, bool) or not 0.0 < float(momentum) <= 1.0:
+            raise ConfigError("quantization.observer_momentum", momentum, "a number in (0, 1]")
+        self.momentum = float(momentum)
+        self.register_buffer("min_val", torch.tensor(0.0))
+        self.register_buffer("max_val", torch.tensor(0.0))
+        self.register_buffer("initialized", torch.tensor(False))
+        self.register_buffer("enabled", torch.tensor(False))
+        self.register_buffer("observing", torch.tensor(False))
+
+    @torch.no_grad()
+    def observe(self, x: Tensor) -> None:
+        low, high = x.detach().min().float(), x.detach().max().float()
+        if not bool(self.initialized):
+            self.min_val.copy_(low)
+            self.max_val.copy_(high)
+            self.initialized.fill_(True)
+        else:
+            self.min_val.lerp_(low, self.momentum)
+            self.max_val.lerp_(high, self.momentum)
+
+    def qparams(self) -> tuple[Tensor, Tensor]:
+        """(scale, zero_point) of the uint8 grid covering [min, max] and always 0 itself."""
+        qmin, qmax = ACTIVATION_RANGE
+        low = self.min_val.clamp(max=0.0)
+        high = self.max_val.clamp(min=0.0)
+        scale = ((high - low) / (qmax - qmin)).clamp_min(1e-8)
+        zero_point = (qmin - torch.round(low / scale)).clamp(qmin, qmax).to(torch.int32)
+        return scale, zero_point
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and bool(self.observing):
+            self.observe(x)
+        if not bool(self.enabled) or not bool(self.initialized):
+            return x
+        scale, zero_point = self.qparams()
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, *ACTIVATION_RANGE)
+
+    def extra_repr(self) -> str:
+        return (
+            f"momentum={self.momentum}, enabled={bool(self.enabled)}, "
+            f"observing={bool(self.observing)}"
+        )

@@ -1,0 +1,316 @@
+"""QuantizationCallback: quantization-aware training of the student, phase by phase.
+
+Timeline, in epochs: float warm-up, then from `start_epoch` weights and activations are
+fake-quantized (observers running), from `batchnorm_epoch` BatchNorm statistics are frozen (and,
+with `batchnorm="fold"`, folded into the conv before them), from `observer_freeze_epoch` the
+activation ranges stop moving, and from `weight_sharing.epoch` each layer's weights are clustered
+into shared values (Han et al. 2016) whose centroids keep training.
+
+Why folding is exact: weights are quantized per output channel and symmetrically, so scaling a
+channel by the BatchNorm factor gamma / sigma scales its quantization step by the same factor and
+leaves its integers unchanged. A conv trained with frozen BatchNorm statistics and the conv with
+the BatchNorm folded in deploy to the same int8 weights; folding during training only changes
+what the optimizer sees.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from distill.compression.activation_sites import (
+    ActivationQuantizer,
+    find_activation_sites,
+    observers_of,
+)
+from distill.compression.fake_quant import (
+    EXPORTABLE_WEIGHT_BITS,
+    WeightFakeQuant,
+    check_bits,
+)
+from distill.compression.masks import get_mask
+from distill.compression.selection import prunable_layer_names
+from distill.compression.sharing import attach_weight_sharing, cluster_weight_sharing
+from distill.errors import ConfigError
+
+BATCHNORM_MODES = ("fold", "freeze")
+
+
+@dataclass
+class WeightSharingSettings:
+    """k-means weight sharing: `bits` per index (2^bits shared values per layer), from `epoch`."""
+
+    bits: int = 4
+    epoch: int = 0
+    include: Sequence[str] = ("*",)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= 8:
+            raise ConfigError("quantization.weight_sharing.bits", self.bits, "an integer 1..8")
+        _check_epoch(self.epoch, "quantization.weight_sharing.epoch")
+
+
+def _check_epoch(value: object, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(field, value, "an epoch number >= 0")
+    return value
+
+
+def get_weight_fake_quant(module: nn.Module, tensor_name: str = "weight") -> WeightFakeQuant | None:
+    if not parametrize.is_parametrized(module, tensor_name):
+        return None
+    for parametrization in module.parametrizations[tensor_name]:
+        if isinstance(parametrization, WeightFakeQuant):
+            return parametrization
+    return None
+
+
+class QuantizationCallback(pl.Callback):
+    """Fake-quantizes `pl_module.student` (never the teacher) from `start_epoch` on.
+
+    `weight_bits` applies to every conv/linear layer; `layer_bits` maps name patterns to bits of
+    their own, or to null to leave a layer in float (the last matching pattern wins). Weight
+    fake-quant is registered after the pruning mask, so call `attach` after the pruning
+    callback's. The callback's own state (whether BatchNorm was folded, weights clustered) is
+    checkpointed; the rest is in the student's buffers, so a resumed run continues exactly.
+    """
+
+    def __init__(
+        self,
+        weight_bits: int = 8,
+        layer_bits: Mapping[str, int | None] | None = None,
+        activations: bool = True,
+        start_epoch: int = 0,
+        batchnorm: str = "fold",
+        batchnorm_epoch: int | None = None,
+        observer_freeze_epoch: int | None = None,
+        observer_momentum: float = 0.1,
+        weight_sharing: WeightSharingSettings | Mapping[str, Any] | None = None,
+        calibration_batches: int = 32,
+    ) -> None:
+        self.weight_bits = check_bits(weight_bits, "quantization.weight_bits")
+        self.layer_bits = dict(layer_bits or {})
+        for pattern, bits in self.layer_bits.items():
+            if bits is not None:
+                check_bits(bits, f"quantization.layer_bits.{pattern}")
+        self.activations = bool(activations)
+        self.start_epoch = _check_epoch(start_epoch, "quantization.start_epoch")
+        if batchnorm not in BATCHNORM_MODES:
+            raise ConfigError("quantization.batchnorm", batchnorm, f"one of {BATCHNORM_MODES}")
+        self.batchnorm = batchnorm
+        self.batchnorm_epoch = _check_epoch(
+            start_epoch if batchnorm_epoch is None else batchnorm_epoch,
+            "quantization.batchnorm_epoch",
+        )
+        if observer_freeze_epoch is not None:
+            _check_epoch(observer_freeze_epoch, "quantization.observer_freeze_epoch")
+            if observer_freeze_epoch <= start_epoch:
+                raise ConfigError(
+                    "quantization.observer_freeze_epoch",
+                    observer_freeze_epoch,
+                    f"an epoch after start_epoch={start_epoch} (observers need data first), "
+                    "or null to keep them running",
+                )
+        self.observer_freeze_epoch = observer_freeze_epoch
+        if isinstance(weight_sharing, Mapping):
+            weight_sharing = WeightSharingSettings(**weight_sharing)
+        self.weight_sharing = weight_sharing
+        if isinstance(calibration_batches, bool) or int(calibration_batches) < 1:
+            raise ConfigError(
+                "quantization.calibration_batches", calibration_batches, "an integer >= 1"
+            )
+        self.calibration_batches = int(calibration_batches)
+        self.activation_quantizer = ActivationQuantizer(momentum=observer_momentum)
+        self.layers: dict[str, int] = {}  # quantized layer -> bits
+        self.shared_layers: list[str] = []
+        self.folded = False
+        self.clustered = False
+
+    # -- setup ---------------------------------------------------------------------------
+    @property
+    def attached(self) -> bool:
+        return bool(self.layers)
+
+    def layer_bits_for(self, names: Sequence[str]) -> dict[str, int | None]:
+        bits: dict[str, int | None] = dict.fromkeys(names, self.weight_bits)
+        for pattern, value in self.layer_bits.items():
+            matched = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
+            if not matched:
+                raise ConfigError(
+                    f"quantization.layer_bits.{pattern}",
+                    value,
+                    f"a pattern matching a conv/linear layer: {', '.join(names[:12])}",
+                )
+            for name in matched:
+                bits[name] = value
+        return bits
+
+    def attach(self, model: nn.Module, example_inputs: Tensor) -> None:
+        """Register weight fake-quant (and weight sharing), find and hook activation sites."""
+        names = prunable_layer_names(model)
+        if not names:
+            raise ConfigError(
+                "quantization", type(model).__name__, "a student with conv or linear layers"
+            )
+        # Sites are found on the model as it computes now, before any fake-quant is in the way.
+        sites = find_activation_sites(model, example_inputs) if self.activations else None
+        self.layers = {n: b for n, b in self.layer_bits_for(names).items() if b is not None}
+        if self.weight_sharing is not None:
+            self.shared_layers = [
+                name
+                for name in names
+                if any(fnmatch.fnmatchcase(name, p) for p in self.weight_sharing.include)
+            ]
+            for name in self.shared_layers:
+                attach_weight_sharing(model.get_submodule(name), self.weight_sharing.bits)
+        for name, bits in self.layers.items():
+            parametrize.register_parametrization(
+                model.get_submodule(name), "weight", WeightFakeQuant(bits)
+            )
+        if sites is not None:
+            self.activation_quantizer.sites = sites
+            self.activation_quantizer.attach(model)
+
+    def check_exportable(self) -> None:
+        """Only 8- and 7-bit weights are stored as int8 in the QDQ ONNX graph: say which layer."""
+        for name, bits in self.layers.items():
+            if bits not in EXPORTABLE_WEIGHT_BITS:
+                raise ConfigError(
+                    f"quantization.layer_bits[{name}]",
+                    bits,
+                    f"{' or '.join(map(str, EXPORTABLE_WEIGHT_BITS))} bits for the int8 ONNX "
+                    "export (export=true); lower bit widths are weight-only experiments: run "
+                    "with export=false, or keep this layer at 8 bits",
+                )
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not self.attached:
+            datamodule = trainer.datamodule
+            if datamodule is None or not hasattr(datamodule, "example_input_batch"):
+                raise ConfigError(
+                    "quantization",
+                    "QuantizationCallback",
+                    "call attach(student, example_inputs) before fit, or fit with a distill "
+                    "DataModule",
+                )
+            self.attach(pl_module.student, datamodule.example_input_batch(2))
+
+    # -- phases --------------------------------------------------------------------------
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.enter_epoch(pl_module.student, trainer.current_epoch)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # Lightning puts the model back in train mode around validation; frozen statistics
+        # must stay frozen for every batch.
+        if trainer.current_epoch >= self.batchnorm_epoch:
+            freeze_batchnorm(pl_module.student)
+
+    @torch.no_grad()
+    def enter_epoch(self, model: nn.Module, epoch: int) -> None:
+        """Switch every phase flag to what `epoch` calls for (idempotent, so resume-safe)."""
+        quantizing = epoch >= self.start_epoch
+        for name in self.layers:
+            get_weight_fake_quant(model.get_submodule(name)).enabled.fill_(quantizing)
+        observing = quantizing and (
+            self.observer_freeze_epoch is None or epoch < self.observer_freeze_epoch
+        )
+        for observer in observers_of(model).values():
+            observer.enabled.fill_(quantizing)
+            observer.observing.fill_(observing)
+        if epoch >= self.batchnorm_epoch:
+            if self.batchnorm == "fold" and not self.folded:
+                fold_batchnorm_in_place(model, self.activation_quantizer.sites.folds)
+                self.folded = True
+            freeze_batchnorm(model)
+        sharing = self.weight_sharing
+        if sharing is not None and epoch >= sharing.epoch and not self.clustered:
+            cluster_weights(model, self.shared_layers)
+            self.clustered = True
+
+    def describe(self) -> dict[str, Any]:
+        """What was quantized, for summary.json."""
+        sites = self.activation_quantizer.sites
+        return {
+            "layers": dict(self.layers),
+            "activation_sites": len(sites.names) if sites is not None else 0,
+            "batchnorm": self.batchnorm,
+            "batchnorm_folds": len(sites.folds) if sites is not None else 0,
+            "start_epoch": self.start_epoch,
+            "observer_freeze_epoch": self.observer_freeze_epoch,
+            "weight_sharing_bits": self.weight_sharing.bits if self.weight_sharing else None,
+            "folded": self.folded,
+            "clustered": self.clustered,
+        }
+
+    # -- checkpointing -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "layers": dict(self.layers),
+            "folded": self.folded,
+            "clustered": self.clustered,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.layers and state_dict["layers"] != self.layers:
+            raise ConfigError(
+                "ckpt_path",
+                "quantization state",
+                f"a checkpoint quantized with the same layers and bits; it has "
+                f"{state_dict['layers']}, this run has {self.layers}",
+            )
+        self.folded = state_dict["folded"]
+        self.clustered = state_dict["clustered"]
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Normalize with the running statistics and stop updating them."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+            module.eval()
+
+
+@torch.no_grad()
+def fold_batchnorm_in_place(model: nn.Module, folds: Mapping[str, str]) -> None:
+    """Fold each BatchNorm's statistics into the layer before it, keeping every key.
+
+    With factor f = gamma / sqrt(var + eps) per channel: W <- f W, b <- f b, and the BatchNorm
+    becomes `x + beta'` with beta' = beta - f mean (gamma 1, mean 0, var 1 - eps), so
+    BN(conv(x)) is unchanged in eval mode and the state dict keeps its keys. Masks are honoured:
+    a pruned channel has gamma = beta = 0, so it stays exactly zero.
+    """
+    for layer_name, norm_name in folds.items():
+        layer, norm = model.get_submodule(layer_name), model.get_submodule(norm_name)
+        factor = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        shape = (-1,) + (1,) * (layer.weight.dim() - 1)
+        weight = _original(layer, "weight")
+        weight.mul_(factor.view(shape))
+        if layer.bias is not None:
+            _original(layer, "bias").mul_(factor)
+        _original(norm, "bias").copy_(norm.bias - factor * norm.running_mean)
+        gamma = _original(norm, "weight")
+        keep = get_mask(norm, "weight")
+        gamma.fill_(1.0) if keep is None else gamma.copy_(keep.mask.to(gamma.dtype))
+        norm.running_mean.zero_()
+        norm.running_var.fill_(1.0 - norm.eps)
+
+
+def _original(module: nn.Module, tensor_name: str) -> Tensor:
+    """The trainable tensor behind `module.<tensor_name>` (the original under parametrizations)."""
+    if parametrize.is_parametrized(module, tensor_name):
+        return module.parametrizations[tensor_name].original
+    return getattr(module, tensor_name)
+
+
+def cluster_weights(model: nn.Module, layers: Sequence[str]) -> None:
+    """Cluster each layer's (masked) weights into its shared values."""
+    for name in layers:
+        cluster_weight_sharing(model.get_submodule(name))
