@@ -1,0 +1,109 @@
+"""A finished run, read back from its directory: config, data and the student as trained."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from distill.compression import PruningCallback
+from distill.compression.qat import QuantizationCallback
+from distill.config import build
+from distill.data import ClassificationDataModule
+from distill.errors import ConfigError
+from distill.files import atomic_write
+
+STUDENT_STATE_FILE = "student_state.pt"
+# The run's resolved config, written by the pipeline; Hydra's own copy is the fallback.
+CONFIG_FILE = "config.yaml"
+HYDRA_CONFIG_FILE = ".hydra/config.yaml"
+LAST_CHECKPOINT = "checkpoints/last.ckpt"
+
+
+@dataclass
+class TrainedRun:
+    """What an export needs from a run: its config, data, and the student with its hooks."""
+
+    cfg: DictConfig
+    datamodule: ClassificationDataModule
+    student: nn.Module  # masks, fake-quant and observers attached and loaded
+    quantization: QuantizationCallback | None
+
+
+def save_run_config(cfg: DictConfig, run_dir: Path) -> Path:
+    """The composed config, resolved, so the run can be rebuilt without Hydra."""
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    return atomic_write(run_dir / CONFIG_FILE, lambda handle: handle.write(text.encode()))
+
+
+def load_run_config(run_dir: Path) -> DictConfig:
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        path = run_dir / HYDRA_CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(
+            "run_dir", str(run_dir), f"a distill-train run directory (no {CONFIG_FILE} there)"
+        )
+    cfg = OmegaConf.load(path)
+    # Hydra's own resolvers are gone outside `distill-train`; the run directory is this one.
+    cfg.paths.output_dir = str(run_dir)
+    return cfg
+
+
+def load_student_state(run_dir: Path) -> dict[str, Tensor]:
+    """The student's full state (masks, fake-quant, observers): student_state.pt, or the last
+    Lightning checkpoint of the run."""
+    state_path = run_dir / STUDENT_STATE_FILE
+    if state_path.is_file():
+        return torch.load(state_path, map_location="cpu", weights_only=True)
+    checkpoint_path = run_dir / LAST_CHECKPOINT
+    if checkpoint_path.is_file():
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        prefix = "student."
+        return {
+            key[len(prefix) :]: value
+            for key, value in checkpoint["state_dict"].items()
+            if key.startswith(prefix)
+        }
+    raise ConfigError(
+        "run_dir",
+        str(run_dir),
+        f"a run directory holding a trained student ({STUDENT_STATE_FILE} or {LAST_CHECKPOINT}); "
+        "this one has neither: did the run finish?",
+    )
+
+
+def build_compression(
+    cfg: DictConfig, student: nn.Module, example_inputs: Tensor
+) -> tuple[PruningCallback | None, QuantizationCallback | None]:
+    """Attach the run's masks, then its fake-quant, in that order (the mask comes first)."""
+    pruning = build(cfg.pruning, "pruning") if cfg.get("pruning") else None
+    if pruning is not None:
+        pruning.attach(student, example_inputs)
+    quantization = build(cfg.quantization, "quantization") if cfg.get("quantization") else None
+    if quantization is not None:
+        quantization.attach(student, example_inputs)
+    return pruning, quantization
+
+
+def load_trained_run(run_dir: Path) -> TrainedRun:
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    state = load_student_state(run_dir)
+    datamodule: ClassificationDataModule = build(cfg.data, "data")
+    datamodule.setup("fit")
+    datamodule.setup("test")
+    student: nn.Module = build(cfg.student, "student")
+    _, quantization = build_compression(cfg, student, datamodule.example_input_batch(2))
+    missing, unexpected = student.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ConfigError(
+            "run_dir",
+            str(run_dir),
+            f"a student state matching the run's config (missing keys {missing[:5]}, "
+            f"unexpected keys {unexpected[:5]})",
+        )
+    return TrainedRun(cfg, datamodule, student.eval(), quantization)
