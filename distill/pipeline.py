@@ -7,6 +7,7 @@ teacher is trained or any file is written as if the run succeeded.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import warnings
@@ -20,10 +21,17 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
 from distill.checks import check_fits_data, ensure_fresh_run_dir
-from distill.compression import ChannelPruning, PruningCallback, bake_into
+from distill.compression import (
+    ChannelPruning,
+    PruningCallback,
+    QuantizationCallback,
+    bake_into,
+)
 from distill.config import build, build_named
 from distill.data import ClassificationDataModule
 from distill.deploy import save_slim
+from distill.deploy.artifacts import export_run
+from distill.deploy.run_dir import STUDENT_STATE_FILE, TrainedRun, save_run_config
 from distill.ensemble import TeacherEnsemble
 from distill.errors import ConfigError
 from distill.files import atomic_write, atomic_write_json
@@ -73,6 +81,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # Masks go on before anything sees the student, so checkpoint keys never change.
         pruning.attach(student, datamodule.example_input_batch(2))
         callbacks.append(pruning)
+    quantization: QuantizationCallback | None = (
+        build(cfg.quantization, "quantization") if cfg.get("quantization") else None
+    )
+    if quantization is not None:
+        # After the masks: a weight is masked first, then quantized.
+        quantization.attach(student, datamodule.example_input_batch(2))
+        if cfg.get("export", False):
+            check_quantization_exportable(quantization, cfg.trainer.get("max_epochs"))
+        callbacks.append(quantization)
     loggers = list(build_named(cfg.logger, "logger").values())
     trainer: pl.Trainer = build(
         cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False
@@ -112,9 +129,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
-    # Under pruning the best validation score may come from before the final sparsity was
-    # reached; the student that counts is the one at the end of the schedule.
-    tested = None if pruning is not None else best or None
+    # Under pruning (or QAT) the best validation score may come from before the final sparsity
+    # (or quantization) was reached; the student that counts is the one at the end.
+    tested = None if pruning is not None or quantization is not None else best or None
     test_started = time.perf_counter()
     (results,) = trainer.test(module, datamodule=datamodule, ckpt_path=tested)
     test_s = time.perf_counter() - test_started
@@ -127,7 +144,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     student_path = atomic_write(
         run_dir / "student.pt", lambda handle: torch.save(plain_student.state_dict(), handle)
     )
-    artifacts = {"student": artifact(student_path, run_dir)}
+    # The student as trained (masks, fake-quant, observers): what distill-export starts from.
+    state_path = atomic_write(
+        run_dir / STUDENT_STATE_FILE, lambda handle: torch.save(student.state_dict(), handle)
+    )
+    save_run_config(cfg, run_dir)
+    artifacts = {
+        "student": artifact(student_path, run_dir),
+        "student_state": artifact(state_path, run_dir),
+    }
     if pruning is not None and isinstance(pruning.criterion, ChannelPruning):
         artifacts["slim"] = save_slim(plain_student, datamodule.example_input_batch(2), run_dir)
     if best:
@@ -175,7 +200,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "params_total": count_parameters(teacher),
             **teacher_facts,
         }
+    if quantization is not None:
+        summary["quantization"] = quantization.describe()
     atomic_write_json(run_dir / "summary.json", summary)
+    if cfg.get("export", False):
+        export_started = time.perf_counter()
+        run = TrainedRun(cfg, datamodule, student.eval(), quantization)
+        export_run(
+            run_dir,
+            run,
+            latency_repeats=cfg.get("export_latency_repeats", 20),
+            teacher=teacher,
+        )
+        summary = json.loads((run_dir / "summary.json").read_text())
+        summary["timing"]["export_s"] = time.perf_counter() - export_started
+        atomic_write_json(run_dir / "summary.json", summary)
     print_summary(summary)
     return summary
 
@@ -209,6 +248,22 @@ def prepare_loss(
         num_train_samples=len(datamodule.train_dataset),
     )
     return teacher_taps
+
+
+def check_quantization_exportable(
+    quantization: QuantizationCallback, max_epochs: int | None
+) -> None:
+    """Refuse, before training, a QAT setting the int8 export could not use."""
+    quantization.check_exportable()
+    starts_too_late = max_epochs is not None and 0 < max_epochs <= quantization.start_epoch
+    if quantization.activations and starts_too_late:
+        raise ConfigError(
+            "quantization.start_epoch",
+            quantization.start_epoch,
+            f"an epoch before trainer.max_epochs={max_epochs}: the int8 export needs the "
+            "activation ranges QAT observes (or use quantization=none, and the export "
+            "calibrates after training, or export=false)",
+        )
 
 
 CACHE_MODES = ("auto", "on", "off")

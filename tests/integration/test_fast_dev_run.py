@@ -8,7 +8,8 @@ from distill.pipeline import train
 
 from ..unit.test_configs import write_tiny_cifar
 
-QUIET = ["logger=none", "callbacks=none", "trainer.enable_progress_bar=false"]
+# Deployment exports are tested on their own (test_export.py); elsewhere they only cost time.
+QUIET = ["logger=none", "callbacks=none", "trainer.enable_progress_bar=false", "export=false"]
 
 FAMILIES = {
     "mnist1d-cnn1d": ["data=mnist1d", "data.num_samples=600"],

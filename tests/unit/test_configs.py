@@ -27,6 +27,7 @@ GROUPS = [
     "logger",
     "callbacks",
     "pruning",
+    "quantization",
     "paths",
     "experiment",
 ]
@@ -112,6 +113,15 @@ def test_config_option_composes_and_instantiates(group, option, compose_cfg, tmp
             student = build(cfg.student, "student")
             pruning.attach(student, datamodule.example_input_batch(2))
             assert pruning.layers
+    elif group == "quantization":
+        quantization = build(cfg.quantization, "quantization") if cfg.quantization else None
+        assert (option == "none") == (quantization is None)
+        if quantization is not None:
+            datamodule = build(cfg.data, "data")
+            student = build(cfg.student, "student")
+            quantization.attach(student, datamodule.example_input_batch(2))
+            assert quantization.layers and quantization.activation_quantizer.sites.names
+            quantization.check_exportable()  # every shipped setting exports to int8 ONNX
     elif group == "paths":
         assert cfg.paths.output_dir.endswith("run")
 
