@@ -84,3 +84,29 @@ def print_summary(summary: Mapping[str, Any], console: Console | None = None) ->
         f"fit {timing['fit_s']:.0f} s, all {timing['total_s']:.0f} s",
     )
     console.print(table)
+    if summary.get("deployment"):
+        print_deployment(summary["deployment"], console)
+
+
+def print_deployment(rows: list[Mapping[str, Any]], console: Console) -> None:
+    """The deployed artifacts next to the dense student (details in export/report.md)."""
+    table = Table(title="deployment, measured on this machine (export/report.md)")
+    for header in ("", "test acc", "size", "bs1 ms", "bs64 ms", "x faster"):
+        table.add_column(header, justify="right" if header else "left", no_wrap=True)
+    baseline = next((row for row in rows if row["name"] == "student"), {})
+    base64 = baseline.get("latency_ms_bs64")
+
+    def number(value: float | None, text: str) -> str:
+        return "-" if value is None else text.format(value)
+
+    for row in rows:
+        bs64 = row.get("latency_ms_bs64")
+        table.add_row(
+            row["name"],
+            number(row.get("test_acc"), "{:.2%}"),
+            number(row["bytes"] / 1024 if row.get("bytes") else None, "{:.1f} KiB"),
+            number(row.get("latency_ms_bs1"), "{:.3g}"),
+            number(bs64, "{:.3g}"),
+            number(base64 / bs64 if base64 and bs64 else None, "{:.1f}x"),
+        )
+    console.print(table)
