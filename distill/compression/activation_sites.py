@@ -69,16 +69,71 @@ def _is_custom(module: nn.Module) -> bool:
 
 def find_activation_sites(model: nn.Module, example_inputs: Tensor) -> ActivationSites:
     """Record one forward pass of `model` and choose its activation sites (see module doc)."""
-    calls: list[tuple[str, nn.Module, list[int], Tensor]] = []
+    calls = _record_calls(model, example_inputs)
+    consumers: dict[TensorKey, list[nn.Module]] = {}
+    for _, module, input_keys, _ in calls:
+        for key in input_keys:
+            consumers.setdefault(key, []).append(module)
+    producer = {output: (name, module) for name, module, _, output in reversed(calls)}
+
+    folds = {}
+    for name, module, input_keys, _ in calls:
+        if isinstance(module, _NORMS) and len(input_keys) == 1 and input_keys[0] in producer:
+            layer_name, layer = producer[input_keys[0]]
+            foldable = any(
+                isinstance(layer, layer_type) and isinstance(module, norm_type)
+                for layer_type, norm_type in _FOLDABLE
+            )
+            if foldable and len(consumers[input_keys[0]]) == 1:
+                folds[layer_name] = name
+
+    names = [INPUT_SITE]
+    seen = {(id(example_inputs), 0)}
+    for name, module, _, output in calls:
+        if output in seen or not name:
+            continue
+        if not (isinstance(module, _SITE_TYPES) or _is_custom(module)):
+            continue
+        if name in folds:
+            continue
+        if any(isinstance(consumer, _RELUS) for consumer in consumers.get(output, [])):
+            continue
+        seen.add(output)
+        names.append(name)
+    return ActivationSites(names=names, folds=folds)
+
+
+# A tensor as it was at one point of the forward pass: (id, version). An in-place op (ReLU with
+# inplace=True) returns its input object changed, so its output is a new version of that id.
+TensorKey = tuple[int, int]
+Call = tuple[str, nn.Module, list[TensorKey], TensorKey]
+
+
+def _record_calls(model: nn.Module, example_inputs: Tensor) -> list[Call]:
+    """Every module call of one eval forward pass, in completion order: name, module, the
+    keys of its tensor inputs (taken before it ran) and of its floating-point output."""
+    calls: list[Call] = []
+    versions: dict[int, int] = {}
+    pending: list[list[TensorKey]] = []
     keep_alive: list[Tensor] = [example_inputs]  # ids are only unique while tensors live
 
-    def recorder(name: str) -> Callable:
+    def key(tensor: Tensor) -> TensorKey:
+        return (id(tensor), versions.get(id(tensor), 0))
+
+    def before(module: nn.Module, args: tuple) -> None:
+        inputs = [arg for arg in args if isinstance(arg, Tensor)]
+        keep_alive.extend(inputs)
+        pending.append([key(tensor) for tensor in inputs])
+
+    def after(name: str) -> Callable:
         def hook(module: nn.Module, args: tuple, output: object) -> None:
-            if isinstance(output, Tensor) and output.is_floating_point():
-                inputs = [arg for arg in args if isinstance(arg, Tensor)]
-                keep_alive.extend(inputs)
-                keep_alive.append(output)
-                calls.append((name, module, [id(t) for t in inputs], output))
+            input_keys = pending.pop()
+            if not (isinstance(output, Tensor) and output.is_floating_point()):
+                return
+            keep_alive.append(output)
+            if key(output) in input_keys:  # changed in place: a new version
+                versions[id(output)] = versions.get(id(output), 0) + 1
+            calls.append((name, module, input_keys, key(output)))
 
         return hook
 
@@ -89,11 +144,11 @@ def find_activation_sites(model: nn.Module, example_inputs: Tensor) -> Activatio
         if isinstance(module, parametrize.ParametrizationList)
         for inner in module.modules()
     }
-    handles = [
-        module.register_forward_hook(recorder(name))
-        for name, module in model.named_modules()
-        if id(module) not in weight_side
-    ]
+    handles = []
+    for name, module in model.named_modules():
+        if id(module) not in weight_side:
+            handles.append(module.register_forward_pre_hook(before))
+            handles.append(module.register_forward_hook(after(name)))
     was_training = model.training
     try:
         model.eval()
@@ -103,38 +158,7 @@ def find_activation_sites(model: nn.Module, example_inputs: Tensor) -> Activatio
         model.train(was_training)
         for handle in handles:
             handle.remove()
-
-    consumers: dict[int, list[nn.Module]] = {}
-    for _, module, input_ids, _ in calls:
-        for tensor_id in input_ids:
-            consumers.setdefault(tensor_id, []).append(module)
-    producer = {id(output): (name, module) for name, module, _, output in reversed(calls)}
-
-    folds = {}
-    for name, module, input_ids, _ in calls:
-        if isinstance(module, _NORMS) and len(input_ids) == 1 and input_ids[0] in producer:
-            layer_name, layer = producer[input_ids[0]]
-            foldable = any(
-                isinstance(layer, layer_type) and isinstance(module, norm_type)
-                for layer_type, norm_type in _FOLDABLE
-            )
-            if foldable and len(consumers[input_ids[0]]) == 1:
-                folds[layer_name] = name
-
-    names = [INPUT_SITE]
-    seen = {id(example_inputs)}
-    for name, module, _, output in calls:
-        if id(output) in seen or not name:
-            continue
-        if not (isinstance(module, _SITE_TYPES) or _is_custom(module)):
-            continue
-        if name in folds:
-            continue
-        if any(isinstance(consumer, _RELUS) for consumer in consumers.get(id(output), [])):
-            continue
-        seen.add(id(output))
-        names.append(name)
-    return ActivationSites(names=names, folds=folds)
+    return calls
 
 
 def observer_key(site: str) -> str:
@@ -186,6 +210,14 @@ def _site_module(model: nn.Module, site: str) -> nn.Module:
         ) from error
 
 
+class ActivationObservers(nn.ModuleDict):
+    """The student's observers, by site. Hooks call them; `forward` passes its input through
+    unchanged because an `nn.Sequential` student calls every child in turn, this one too."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
 class ActivationQuantizer:
     """Observers + fake-quant hooks at a student's activation sites."""
 
@@ -202,7 +234,7 @@ class ActivationQuantizer:
             raise ConfigError(
                 "quantization", type(model).__name__, "a student without activation observers yet"
             )
-        observers = nn.ModuleDict(
+        observers = ActivationObservers(
             {observer_key(site): ActivationFakeQuant(self.momentum) for site in self.sites.names}
         )
         device = next(iter(model.parameters()), torch.empty(0)).device

@@ -27,6 +27,7 @@ from torch.nn.utils import parametrize
 
 from distill.compression.activation_sites import (
     ActivationQuantizer,
+    ActivationSites,
     find_activation_sites,
     observers_of,
 )
@@ -128,6 +129,7 @@ class QuantizationCallback(pl.Callback):
             )
         self.calibration_batches = int(calibration_batches)
         self.activation_quantizer = ActivationQuantizer(momentum=observer_momentum)
+        self.sites: ActivationSites | None = None  # also gives the BatchNorm folds
         self.layers: dict[str, int] = {}  # quantized layer -> bits
         self.shared_layers: list[str] = []
         self.folded = False
@@ -160,7 +162,7 @@ class QuantizationCallback(pl.Callback):
                 "quantization", type(model).__name__, "a student with conv or linear layers"
             )
         # Sites are found on the model as it computes now, before any fake-quant is in the way.
-        sites = find_activation_sites(model, example_inputs) if self.activations else None
+        self.sites = find_activation_sites(model, example_inputs)
         self.layers = {n: b for n, b in self.layer_bits_for(names).items() if b is not None}
         if self.weight_sharing is not None:
             self.shared_layers = [
@@ -174,8 +176,8 @@ class QuantizationCallback(pl.Callback):
             parametrize.register_parametrization(
                 model.get_submodule(name), "weight", WeightFakeQuant(bits)
             )
-        if sites is not None:
-            self.activation_quantizer.sites = sites
+        if self.activations:
+            self.activation_quantizer.sites = self.sites
             self.activation_quantizer.attach(model)
 
     def check_exportable(self) -> None:
@@ -228,7 +230,7 @@ class QuantizationCallback(pl.Callback):
             observer.observing.fill_(observing)
         if epoch >= self.batchnorm_epoch:
             if self.batchnorm == "fold" and not self.folded:
-                fold_batchnorm_in_place(model, self.activation_quantizer.sites.folds)
+                fold_batchnorm_in_place(model, self.sites.folds)
                 self.folded = True
             freeze_batchnorm(model)
         sharing = self.weight_sharing
@@ -238,10 +240,10 @@ class QuantizationCallback(pl.Callback):
 
     def describe(self) -> dict[str, Any]:
         """What was quantized, for summary.json."""
-        sites = self.activation_quantizer.sites
+        sites = self.sites
         return {
             "layers": dict(self.layers),
-            "activation_sites": len(sites.names) if sites is not None else 0,
+            "activation_sites": len(sites.names) if sites and self.activations else 0,
             "batchnorm": self.batchnorm,
             "batchnorm_folds": len(sites.folds) if sites is not None else 0,
             "start_epoch": self.start_epoch,

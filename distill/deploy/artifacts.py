@@ -162,8 +162,8 @@ def _produce(
     add("onnx_fp32", fp32, "onnxruntime", params=slim.params_after, macs=slim.macs_after, **fp32)
 
     # 3. int8 ONNX: scales learned in QAT, or static calibration
-    if qat is not None and qat.activation_quantizer.sites is not None:
-        sites = qat.activation_quantizer.sites
+    if qat is not None and qat.activations:
+        sites = qat.sites
         qparams = _observed_qparams(student)
         layer_bits = dict(qat.layers)
         reference = predict(torch_predictor(student), test_set.inputs)  # fake-quant student
