@@ -85,6 +85,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         build(cfg.quantization, "quantization") if cfg.get("quantization") else None
     )
     if quantization is not None:
+        quantization.resolve_epochs(cfg.trainer.get("max_epochs"))
         # After the masks: a weight is masked first, then quantized.
         quantization.attach(student, datamodule.example_input_batch(2))
         if cfg.get("export", False):
@@ -259,8 +260,9 @@ def check_quantization_exportable(
     if quantization.activations and starts_too_late:
         raise ConfigError(
             "quantization.start_epoch",
-            quantization.start_epoch,
-            f"an epoch before trainer.max_epochs={max_epochs}: the int8 export needs the "
+            quantization.epoch_settings["start_epoch"],
+            f"an epoch before trainer.max_epochs={max_epochs} (this is epoch "
+            f"{quantization.start_epoch}): the int8 export needs the "
             "activation ranges QAT observes (or use quantization=none, and the export "
             "calibrates after training, or export=false)",
         )

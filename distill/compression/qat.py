@@ -49,7 +49,7 @@ class WeightSharingSettings:
     """k-means weight sharing: `bits` per index (2^bits shared values per layer), from `epoch`."""
 
     bits: int = 4
-    epoch: int = 0
+    epoch: int | float = 0
     include: Sequence[str] = ("*",)
 
     def __post_init__(self) -> None:
@@ -58,10 +58,25 @@ class WeightSharingSettings:
         _check_epoch(self.epoch, "quantization.weight_sharing.epoch")
 
 
-def _check_epoch(value: object, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(field, value, "an epoch number >= 0")
+def _check_epoch(value: object, field: str) -> int | float:
+    """An epoch: an integer >= 0, or a fraction of trainer.max_epochs in (0, 1)."""
+    is_int = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    is_fraction = isinstance(value, float) and 0.0 < value < 1.0
+    if not (is_int or is_fraction):
+        raise ConfigError(
+            field, value, "an epoch number >= 0, or a fraction of trainer.max_epochs in (0, 1)"
+        )
     return value
+
+
+def _resolve_epoch(value: int | float, max_epochs: int | None, field: str) -> int:
+    if isinstance(value, int):
+        return value
+    if max_epochs is None or max_epochs <= 0:
+        raise ConfigError(
+            field, value, "an epoch number: a fraction needs trainer.max_epochs to be set"
+        )
+    return int(value * max_epochs)
 
 
 def get_weight_fake_quant(module: nn.Module, tensor_name: str = "weight") -> WeightFakeQuant | None:
@@ -88,10 +103,10 @@ class QuantizationCallback(pl.Callback):
         weight_bits: int = 8,
         layer_bits: Mapping[str, int | None] | None = None,
         activations: bool = True,
-        start_epoch: int = 0,
+        start_epoch: int | float = 0,
         batchnorm: str = "fold",
-        batchnorm_epoch: int | None = None,
-        observer_freeze_epoch: int | None = None,
+        batchnorm_epoch: int | float | None = None,
+        observer_freeze_epoch: int | float | None = None,
         observer_momentum: float = 0.1,
         weight_sharing: WeightSharingSettings | Mapping[str, Any] | None = None,
         calibration_batches: int = 32,
@@ -102,24 +117,22 @@ class QuantizationCallback(pl.Callback):
             if bits is not None:
                 check_bits(bits, f"quantization.layer_bits.{pattern}")
         self.activations = bool(activations)
-        self.start_epoch = _check_epoch(start_epoch, "quantization.start_epoch")
         if batchnorm not in BATCHNORM_MODES:
             raise ConfigError("quantization.batchnorm", batchnorm, f"one of {BATCHNORM_MODES}")
         self.batchnorm = batchnorm
-        self.batchnorm_epoch = _check_epoch(
-            start_epoch if batchnorm_epoch is None else batchnorm_epoch,
-            "quantization.batchnorm_epoch",
-        )
-        if observer_freeze_epoch is not None:
-            _check_epoch(observer_freeze_epoch, "quantization.observer_freeze_epoch")
-            if observer_freeze_epoch <= start_epoch:
-                raise ConfigError(
-                    "quantization.observer_freeze_epoch",
-                    observer_freeze_epoch,
-                    f"an epoch after start_epoch={start_epoch} (observers need data first), "
-                    "or null to keep them running",
-                )
-        self.observer_freeze_epoch = observer_freeze_epoch
+        # As configured (epochs or fractions of the run); resolve_epochs turns them into epochs.
+        self.epoch_settings: dict[str, int | float | None] = {
+            "start_epoch": _check_epoch(start_epoch, "quantization.start_epoch"),
+            "batchnorm_epoch": batchnorm_epoch,
+            "observer_freeze_epoch": observer_freeze_epoch,
+        }
+        for name in ("batchnorm_epoch", "observer_freeze_epoch"):
+            if self.epoch_settings[name] is not None:
+                _check_epoch(self.epoch_settings[name], f"quantization.{name}")
+        self.start_epoch: int | None = None
+        self.batchnorm_epoch: int | None = None
+        self.observer_freeze_epoch: int | None = None
+        self.sharing_epoch: int | None = None
         if isinstance(weight_sharing, Mapping):
             weight_sharing = WeightSharingSettings(**weight_sharing)
         self.weight_sharing = weight_sharing
@@ -130,10 +143,53 @@ class QuantizationCallback(pl.Callback):
         self.calibration_batches = int(calibration_batches)
         self.activation_quantizer = ActivationQuantizer(momentum=observer_momentum)
         self.sites: ActivationSites | None = None  # also gives the BatchNorm folds
+        if not any(isinstance(v, float) for v in self._all_epoch_settings().values()):
+            self.resolve_epochs(None)
         self.layers: dict[str, int] = {}  # quantized layer -> bits
         self.shared_layers: list[str] = []
         self.folded = False
         self.clustered = False
+
+    # -- schedule ------------------------------------------------------------------------
+    def _all_epoch_settings(self) -> dict[str, int | float | None]:
+        sharing = self.weight_sharing
+        return {
+            **self.epoch_settings,
+            "weight_sharing.epoch": sharing.epoch if sharing is not None else None,
+        }
+
+    @property
+    def epochs_resolved(self) -> bool:
+        return self.start_epoch is not None
+
+    def resolve_epochs(self, max_epochs: int | None) -> None:
+        """Turn fractions of the run into epochs and check the phases' order."""
+        settings = self._all_epoch_settings()
+        resolved = {
+            name: None
+            if value is None
+            else _resolve_epoch(value, max_epochs, f"quantization.{name}")
+            for name, value in settings.items()
+        }
+        start = resolved["start_epoch"]
+        freeze = resolved["observer_freeze_epoch"]
+        if freeze is not None and freeze <= start and isinstance(
+            settings["observer_freeze_epoch"], float
+        ):
+            freeze = None  # a short run leaves no epoch between the two: keep observing
+        if freeze is not None and freeze <= start:
+            raise ConfigError(
+                "quantization.observer_freeze_epoch",
+                settings["observer_freeze_epoch"],
+                f"an epoch after start_epoch (epoch {start}; this is epoch {freeze}): observers "
+                "need data first; or null to keep them running",
+            )
+        self.start_epoch = start
+        self.batchnorm_epoch = (
+            start if resolved["batchnorm_epoch"] is None else resolved["batchnorm_epoch"]
+        )
+        self.observer_freeze_epoch = freeze
+        self.sharing_epoch = resolved["weight_sharing.epoch"]
 
     # -- setup ---------------------------------------------------------------------------
     @property
@@ -193,6 +249,8 @@ class QuantizationCallback(pl.Callback):
                 )
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not self.epochs_resolved:
+            self.resolve_epochs(trainer.max_epochs)
         if not self.attached:
             datamodule = trainer.datamodule
             if datamodule is None or not hasattr(datamodule, "example_input_batch"):
@@ -219,6 +277,12 @@ class QuantizationCallback(pl.Callback):
     @torch.no_grad()
     def enter_epoch(self, model: nn.Module, epoch: int) -> None:
         """Switch every phase flag to what `epoch` calls for (idempotent, so resume-safe)."""
+        if not self.epochs_resolved:
+            raise ConfigError(
+                "quantization.start_epoch",
+                self.epoch_settings["start_epoch"],
+                "resolved to an epoch first: call resolve_epochs(max_epochs)",
+            )
         quantizing = epoch >= self.start_epoch
         for name in self.layers:
             get_weight_fake_quant(model.get_submodule(name)).enabled.fill_(quantizing)
@@ -233,8 +297,8 @@ class QuantizationCallback(pl.Callback):
                 fold_batchnorm_in_place(model, self.sites.folds)
                 self.folded = True
             freeze_batchnorm(model)
-        sharing = self.weight_sharing
-        if sharing is not None and epoch >= sharing.epoch and not self.clustered:
+        sharing_epoch = self.sharing_epoch
+        if sharing_epoch is not None and epoch >= sharing_epoch and not self.clustered:
             cluster_weights(model, self.shared_layers)
             self.clustered = True
 

@@ -733,3 +733,23 @@ def test_epoch_based_resume_from_an_end_of_epoch_checkpoint_is_exact(tmp_path):
     run, resumed, _ = fit_qat(ckpt_path=tmp_path / "epoch=1-step=8.ckpt", quantize=False)
     assert batches_trained(run) == 8
     assert_same_students(reference.student, resumed.student)
+
+
+@pytest.mark.parametrize(
+    ("max_epochs", "start", "freeze"), [(60, 40, 55), (5, 3, 4), (2, 1, None), (1, 0, None)]
+)
+def test_fractions_of_the_run_resolve_to_epochs(max_epochs, start, freeze):
+    callback = QuantizationCallback(start_epoch=0.67, observer_freeze_epoch=0.92)
+    assert not callback.epochs_resolved
+    callback.resolve_epochs(max_epochs)
+    assert (callback.start_epoch, callback.observer_freeze_epoch) == (start, freeze)
+    assert callback.batchnorm_epoch == start  # defaults to the QAT start
+
+
+def test_fractions_need_max_epochs_and_must_lie_in_zero_one():
+    with pytest.raises(ConfigError, match=r"quantization.start_epoch=0.5.*max_epochs"):
+        QuantizationCallback(start_epoch=0.5).resolve_epochs(None)
+    with pytest.raises(ConfigError, match=r"quantization.start_epoch=1.5"):
+        QuantizationCallback(start_epoch=1.5)
+    with pytest.raises(ConfigError, match=r"quantization.observer_freeze_epoch=3"):
+        QuantizationCallback(start_epoch=3, observer_freeze_epoch=3)
