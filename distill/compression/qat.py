@@ -173,8 +173,10 @@ class QuantizationCallback(pl.Callback):
         }
         start = resolved["start_epoch"]
         freeze = resolved["observer_freeze_epoch"]
-        if freeze is not None and freeze <= start and isinstance(
-            settings["observer_freeze_epoch"], float
+        if (
+            freeze is not None
+            and freeze <= start
+            and isinstance(settings["observer_freeze_epoch"], float)
         ):
             freeze = None  # a short run leaves no epoch between the two: keep observing
         if freeze is not None and freeze <= start:
