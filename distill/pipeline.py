@@ -7,6 +7,7 @@ teacher is trained or any file is written as if the run succeeded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -160,7 +161,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         artifacts["checkpoint_best"] = artifact(Path(best), run_dir)
     if isinstance(checkpoint, ModelCheckpoint) and checkpoint.last_model_path:
         artifacts["checkpoint_last"] = artifact(Path(checkpoint.last_model_path), run_dir)
-    sparsity_global, sparsity_layers = weight_sparsity(student)
+    # Pruning sparsity: the zeros the masks made. Quantization rounds a few more small weights
+    # to zero; those are counted separately.
+    quantized_zeros = weight_sparsity(student)[0] if quantization is not None else None
+    with quantization.float_weights(student) if quantization else contextlib.nullcontext():
+        sparsity_global, sparsity_layers = weight_sparsity(student)
     summary = {
         "seed": cfg.seed,
         "output_dir": str(run_dir),
@@ -178,7 +183,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "params_total": count_parameters(plain_student),
             "params_nonzero": count_nonzero_parameters(plain_student),
         },
-        "sparsity": {"global": sparsity_global, "layers": sparsity_layers},
+        "sparsity": {
+            "global": sparsity_global,
+            "layers": sparsity_layers,
+            "global_after_quantization": quantized_zeros,
+        },
         "artifacts": artifacts,
         "loss": {name: type(term).__name__ for name, term in loss.terms.items()},
         "timing": {

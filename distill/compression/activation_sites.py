@@ -218,13 +218,28 @@ class ActivationObservers(nn.ModuleDict):
         return x
 
 
+# The observer a hooked module's hook calls, kept in the module's __dict__ rather than as a
+# child: not a second state-dict entry, and `copy.deepcopy` of the student maps it to the copied
+# observer, so a copy (an EMA or SWA model) observes into its own buffers.
+_OBSERVER_REF = "_distill_activation_observer"
+_INPUT_OBSERVER_REF = "_distill_input_observer"
+
+
+def _observe_output(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+    return module.__dict__[_OBSERVER_REF](output)
+
+
+def _observe_input(module: nn.Module, args: tuple) -> tuple:
+    return (module.__dict__[_INPUT_OBSERVER_REF](args[0]), *args[1:])
+
+
 class ActivationQuantizer:
     """Observers + fake-quant hooks at a student's activation sites."""
 
     def __init__(self, sites: ActivationSites | None = None, momentum: float = 0.1) -> None:
         self.sites = sites  # found when the student is first seen, if not given
         self.momentum = momentum
-        self.hooks: SiteHooks | None = None
+        self.handles: list[RemovableHandle] = []
 
     def attach(self, model: nn.Module) -> nn.ModuleDict:
         """Add `model.activation_quant` (one observer per site) and hook them in."""
@@ -239,13 +254,21 @@ class ActivationQuantizer:
         )
         device = next(iter(model.parameters()), torch.empty(0)).device
         model.add_module(OBSERVERS_ATTR, observers.to(device))
-        self.hooks = SiteHooks(model, self.sites.names, lambda site: observers[observer_key(site)])
+        for site in self.sites.names:
+            observer = observers[observer_key(site)]
+            if site == INPUT_SITE:
+                model.__dict__[_INPUT_OBSERVER_REF] = observer
+                self.handles.append(model.register_forward_pre_hook(_observe_input))
+            else:
+                module = _site_module(model, site)
+                module.__dict__[_OBSERVER_REF] = observer
+                self.handles.append(module.register_forward_hook(_observe_output))
         return observers
 
     def detach(self) -> None:
-        if self.hooks is not None:
-            self.hooks.remove()
-            self.hooks = None
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
 
 
 def observers_of(model: nn.Module) -> dict[str, ActivationFakeQuant]:

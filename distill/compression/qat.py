@@ -15,8 +15,9 @@ what the optimizer sees.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -303,6 +304,20 @@ class QuantizationCallback(pl.Callback):
         if sharing_epoch is not None and epoch >= sharing_epoch and not self.clustered:
             cluster_weights(model, self.shared_layers)
             self.clustered = True
+
+    @contextlib.contextmanager
+    def float_weights(self, model: nn.Module) -> Iterator[nn.Module]:
+        """Weight fake-quant switched off for the block: `model` computes with its float
+        (masked, shared) weights, e.g. to count pruned zeros or for a post-training baseline."""
+        quantizers = [get_weight_fake_quant(model.get_submodule(name)) for name in self.layers]
+        enabled = [bool(quantizer.enabled) for quantizer in quantizers]
+        for quantizer in quantizers:
+            quantizer.enabled.fill_(False)
+        try:
+            yield model
+        finally:
+            for quantizer, was_enabled in zip(quantizers, enabled, strict=True):
+                quantizer.enabled.fill_(was_enabled)
 
     def describe(self) -> dict[str, Any]:
         """What was quantized, for summary.json."""

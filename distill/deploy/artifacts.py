@@ -36,7 +36,6 @@ from distill.compression.activation_sites import (
     observers_of,
 )
 from distill.compression.masks import bake_into
-from distill.compression.qat import get_weight_fake_quant
 from distill.compression.selection import prunable_layer_names
 from distill.config import build
 from distill.deploy.compressed import load_compressed, save_compressed
@@ -272,16 +271,8 @@ def _all_layers(model: nn.Module, bits: int) -> dict[str, int]:
 
 def _without_weight_fake_quant(student: nn.Module, run: TrainedRun) -> nn.Module:
     """The run's float weights (masked, shared) without weight fake-quant: the PTQ baseline."""
-    switched = []
-    for name in run.quantization.layers:
-        quantizer = get_weight_fake_quant(student.get_submodule(name))
-        switched.append((quantizer, bool(quantizer.enabled)))
-        quantizer.enabled.fill_(False)
-    try:
+    with run.quantization.float_weights(student):
         return bake_into(student, build(run.cfg.student, "student")).eval()
-    finally:
-        for quantizer, enabled in switched:
-            quantizer.enabled.fill_(enabled)
 
 
 def _quantize_dynamic(fp32_path: Path, path: Path) -> Path:

@@ -753,3 +753,17 @@ def test_fractions_need_max_epochs_and_must_lie_in_zero_one():
         QuantizationCallback(start_epoch=1.5)
     with pytest.raises(ConfigError, match=r"quantization.observer_freeze_epoch=3"):
         QuantizationCallback(start_epoch=3, observer_freeze_epoch=3)
+
+
+def test_a_deep_copy_of_a_qat_student_observes_into_its_own_observers():
+    # EMA / SWA callbacks deep-copy the student; the copy must not update the original.
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)
+    )
+    callback = QuantizationCallback(start_epoch=0)
+    callback.attach(model, torch.randn(2, 1, 8, 8))
+    callback.enter_epoch(model, 0)
+    copy_ = copy.deepcopy(model).train()
+    copy_(torch.randn(4, 1, 8, 8))
+    assert all(bool(o.initialized) for o in observers_of(copy_).values())
+    assert not any(bool(o.initialized) for o in observers_of(model).values())
