@@ -115,7 +115,8 @@ class ActivationFakeQuant(nn.Module):
 
     @torch.no_grad()
     def observe(self, x: Tensor) -> None:
-        low, high = x.detach().min().float(), x.detach().max().float()
+        low, high = torch.aminmax(x.detach())  # one pass over the tensor, not two
+        low, high = low.float(), high.float()
         if not bool(self.initialized):
             self.min_val.copy_(low)
             self.max_val.copy_(high)
