@@ -89,7 +89,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         quantization.resolve_epochs(cfg.trainer.get("max_epochs"))
         # After the masks: a weight is masked first, then quantized.
         quantization.attach(student, datamodule.example_input_batch(2))
-        if cfg.get("export", False):
+        if cfg.get("export", False) and not cfg.trainer.get("fast_dev_run"):
             check_quantization_exportable(quantization, cfg.trainer.get("max_epochs"))
         callbacks.append(quantization)
     loggers = list(build_named(cfg.logger, "logger").values())
@@ -213,7 +213,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if quantization is not None:
         summary["quantization"] = quantization.describe()
     atomic_write_json(run_dir / "summary.json", summary)
-    if cfg.get("export", False):
+    export = cfg.get("export", False)
+    if export and trainer.fast_dev_run:
+        log.info("fast_dev_run: a smoke test, so no deployment export (export=true ignored)")
+        export = False
+    if export:
         export_started = time.perf_counter()
         run = TrainedRun(cfg, datamodule, student.eval(), quantization)
         export_run(
