@@ -107,6 +107,9 @@ class ActivationFakeQuant(nn.Module):
         if isinstance(momentum, bool) or not 0.0 < float(momentum) <= 1.0:
             raise ConfigError("quantization.observer_momentum", momentum, "a number in (0, 1]")
         self.momentum = float(momentum)
+        # Set by the QAT callback while a multi-process fit runs: every rank then observes the
+        # min/max of the global batch, so all ranks hold the same ranges at every step.
+        self.sync_ranks = False
         self.register_buffer("min_val", torch.tensor(0.0))
         self.register_buffer("max_val", torch.tensor(0.0))
         self.register_buffer("initialized", torch.tensor(False))
@@ -117,6 +120,10 @@ class ActivationFakeQuant(nn.Module):
     def observe(self, x: Tensor) -> None:
         low, high = torch.aminmax(x.detach())  # one pass over the tensor, not two
         low, high = low.float(), high.float()
+        if self.sync_ranks:
+            extremes = torch.stack([-low, high])
+            torch.distributed.all_reduce(extremes, op=torch.distributed.ReduceOp.MAX)
+            low, high = -extremes[0], extremes[1]
         if not bool(self.initialized):
             self.min_val.copy_(low)
             self.max_val.copy_(high)

@@ -265,6 +265,15 @@ class QuantizationCallback(pl.Callback):
                 )
             self.attach(pl_module.student, datamodule.example_input_batch(2))
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for observer in observers_of(pl_module.student).values():
+            observer.sync_ranks = trainer.world_size > 1
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After the fit only rank 0 works (test, export): nothing to synchronize with.
+        for observer in observers_of(pl_module.student).values():
+            observer.sync_ranks = False
+
     # -- phases --------------------------------------------------------------------------
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.enter_epoch(pl_module.student, trainer.current_epoch)

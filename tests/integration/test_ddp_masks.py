@@ -1,4 +1,4 @@
-"""Under DDP every rank ends with identical masks (2 CPU processes, gloo).
+"""Under DDP every rank ends with identical masks and activation ranges (2 CPU processes, gloo).
 
 Parametrized modules cannot be pickled, so `ddp_spawn` is out; the test runs a script under
 Lightning's `ddp` strategy, which starts the second rank by re-running the script.
@@ -25,22 +25,34 @@ SCRIPT = textwrap.dedent(
     import pytorch_lightning as pl
     import torch
 
-    from distill.compression import AGPSchedule, PruningCallback
+    from distill.compression import AGPSchedule, PruningCallback, QuantizationCallback
     from tests.unit.test_pruning import CRITERIA, INPUT_SHAPE, loader, masks_of, module_for
     from tests.unit.test_pruning import tiny_cnn
 
-    name, out = sys.argv[1], Path(sys.argv[2])
+    name, out, qat = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "qat"
 
 
     class SaveMasksPerRank(pl.Callback):
         def on_train_end(self, trainer, pl_module):
-            torch.save(masks_of(pl_module.student), out / f"rank{trainer.global_rank}.pt")
+            state = masks_of(pl_module.student)
+            if qat:  # and the activation observers' ranges, which DDP broadcasts as buffers
+                state.update(
+                    (key, value)
+                    for key, value in pl_module.student.state_dict().items()
+                    if key.endswith(("min_val", "max_val"))
+                )
+            torch.save(state, out / f"rank{trainer.global_rank}.pt")
 
 
     schedule = AGPSchedule(final_sparsity=0.75, start=1, frequency=2, num_updates=3)
     callback = PruningCallback(CRITERIA[name](), schedule, unit="step")
     student = tiny_cnn()
     callback.attach(student, torch.randn(2, *INPUT_SHAPE))
+    callbacks = [callback, SaveMasksPerRank()]
+    if qat:
+        quantization = QuantizationCallback(start_epoch=0)
+        quantization.attach(student, torch.randn(2, *INPUT_SHAPE))
+        callbacks.append(quantization)
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=2,
@@ -51,7 +63,7 @@ SCRIPT = textwrap.dedent(
         enable_model_summary=False,
         enable_checkpointing=False,
         limit_val_batches=0,
-        callbacks=[callback, SaveMasksPerRank()],
+        callbacks=callbacks,
     )
     trainer.fit(module_for(student), train_dataloaders=loader())
     """
@@ -59,12 +71,15 @@ SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["magnitude", "channel_taylor", "random"])
-def test_every_rank_ends_with_identical_masks(name, tmp_path):
+@pytest.mark.parametrize(
+    ("name", "qat"),
+    [("magnitude", ""), ("channel_taylor", ""), ("random", ""), ("magnitude", "qat")],
+)
+def test_every_rank_ends_with_identical_masks(name, qat, tmp_path):
     script = tmp_path / "ddp_prune.py"
     script.write_text(SCRIPT)
     result = subprocess.run(
-        [sys.executable, str(script), name, str(tmp_path)],
+        [sys.executable, str(script), name, str(tmp_path), qat or "-"],
         cwd=REPO,
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
         capture_output=True,
@@ -77,7 +92,10 @@ def test_every_rank_ends_with_identical_masks(name, tmp_path):
     assert rank0.keys() == rank1.keys() and rank0
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
-    assert any(not mask.all() for mask in rank0.values())
+    assert any(not mask.all() for key, mask in rank0.items() if key.endswith("mask"))
+    if qat:
+        ranges = [key for key in rank0 if key.endswith("min_val")]
+        assert ranges and any(float(rank0[key]) != 0 for key in ranges)
 
 
 @pytest.mark.slow
