@@ -95,7 +95,7 @@ def provide_teacher(
     if node.get("checkpoint"):
         path = Path(node.checkpoint)
         log.info("Teacher %s loaded from %s", field, path)
-        return {"origin": "checkpoint", "checkpoint": artifact(path, Path("/"))}
+        return {"origin": "checkpoint", "checkpoint": artifact(path, Path(cfg.paths.output_dir))}
     material = {
         "model": OmegaConf.to_container(node.model, resolve=True),
         "data": data_material(cfg),
@@ -107,7 +107,8 @@ def provide_teacher(
     )
     return {
         "origin": cached.origin,
-        "checkpoint": artifact(cached.path, Path("/")),
+        # Outside the run directory, so an absolute path.
+        "checkpoint": artifact(cached.path, Path(cfg.paths.output_dir)),
         "cache_key": cached.meta.get("key"),
         "test_acc": cached.meta.get("test_acc"),
     }

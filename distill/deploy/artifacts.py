@@ -39,7 +39,13 @@ from distill.compression.masks import bake_into
 from distill.compression.selection import prunable_layer_names
 from distill.config import build
 from distill.deploy.compressed import load_compressed, save_compressed
-from distill.deploy.measure import TestSet, measure, predict, torch_predictor
+from distill.deploy.measure import (
+    LATENCY_THREADS,
+    TestSet,
+    measure,
+    predict,
+    torch_predictor,
+)
 from distill.deploy.onnx_runtime import (
     ExportError,
     OrtModel,
@@ -73,6 +79,7 @@ def export_run(
     if not summary_path.is_file():
         raise ConfigError("run_dir", str(run_dir), "a finished run (it has no summary.json)")
     run = run or load_trained_run(run_dir)
+    teacher = teacher if teacher is not None else run.teacher
     if run.quantization is not None:
         run.quantization.check_exportable()
     example = run.datamodule.example_input_batch(2)
@@ -224,7 +231,8 @@ def _onnx_entry(
 ) -> dict[str, Any]:
     checks = verify_optimization_levels(path, test_set.inputs[:256], quantized=quantized)
     entry = {"path": path.name, "bytes": path.stat().st_size}
-    entry.update(measure(OrtModel(path), test_set, reference, repeats))
+    timed = OrtModel(path, threads=LATENCY_THREADS)
+    entry.update(measure(OrtModel(path), test_set, reference, repeats, timed=timed))
     entry.update(checks)
     return entry
 

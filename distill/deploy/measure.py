@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,15 +51,32 @@ def predict(run: Predictor, inputs: Tensor, batch_size: int = 256) -> np.ndarray
     return np.concatenate(classes)
 
 
+# Latency is measured on one thread, torch and onnxruntime alike: the same footing for every
+# row, and on a shared machine a busy neighbour stalls multi-threaded torch by 10-100x (OpenMP
+# threads wait on each other), which would make every ratio meaningless.
+LATENCY_THREADS = 1
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def latency_ms(run: Predictor, inputs: Tensor, repeats: int, warmup: int = 3) -> float:
-    """Median wall time of one call on `inputs`, in milliseconds."""
-    for _ in range(warmup):
-        run(inputs)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run(inputs)
-        times.append(time.perf_counter() - started)
+    """Median wall time of one call on `inputs`, in milliseconds, on `LATENCY_THREADS`."""
+    with torch_threads(LATENCY_THREADS):
+        for _ in range(warmup):
+            run(inputs)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            run(inputs)
+            times.append(time.perf_counter() - started)
     return 1000 * statistics.median(times)
 
 
@@ -67,8 +85,11 @@ def measure(
     test_set: TestSet,
     reference_classes: np.ndarray | None = None,
     repeats: int = 20,
+    timed: Predictor | None = None,
 ) -> dict[str, float | None]:
-    """test_acc and agreement on the whole test set; latency at batch 1 and at batch 64."""
+    """test_acc and agreement on the whole test set; latency at batch 1 and at batch 64
+    (of `timed` when given: the same model set up for `LATENCY_THREADS`)."""
+    timed = timed or run
     classes = predict(run, test_set.inputs)
     targets = test_set.targets.numpy()
     batch64 = test_set.inputs[:64]
@@ -82,6 +103,6 @@ def measure(
         "agreement": (
             None if reference_classes is None else float((classes == reference_classes).mean())
         ),
-        "latency_ms_bs1": latency_ms(run, test_set.inputs[:1], repeats * 5),
-        "latency_ms_bs64": latency_ms(run, batch64.contiguous(), repeats),
+        "latency_ms_bs1": latency_ms(timed, test_set.inputs[:1], repeats * 5),
+        "latency_ms_bs64": latency_ms(timed, batch64.contiguous(), repeats),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from distill.config import build
 from distill.data import ClassificationDataModule
 from distill.errors import ConfigError
 from distill.files import atomic_write
+from distill.teacher import load_weights
 
 STUDENT_STATE_FILE = "student_state.pt"
 # The run's resolved config, written by the pipeline; Hydra's own copy is the fallback.
@@ -31,6 +33,7 @@ class TrainedRun:
     datamodule: ClassificationDataModule
     student: nn.Module  # masks, fake-quant and observers attached and loaded
     quantization: QuantizationCallback | None
+    teacher: nn.Module | None = None  # for the report's teacher row, when its weights exist
 
 
 def save_run_config(cfg: DictConfig, run_dir: Path) -> Path:
@@ -106,4 +109,19 @@ def load_trained_run(run_dir: Path) -> TrainedRun:
             f"a student state matching the run's config (missing keys {missing[:5]}, "
             f"unexpected keys {unexpected[:5]})",
         )
-    return TrainedRun(cfg, datamodule, student.eval(), quantization)
+    return TrainedRun(cfg, datamodule, student.eval(), quantization, load_teacher(cfg, run_dir))
+
+
+def load_teacher(cfg: DictConfig, run_dir: Path) -> nn.Module | None:
+    """The run's single teacher from the weights file its summary names (cache or checkpoint),
+    or None (several teachers, or the file is gone): the report then has no teacher row."""
+    summary_path = run_dir / "summary.json"
+    teacher = json.loads(summary_path.read_text()).get("teacher") or {}
+    weights = (teacher.get("checkpoint") or {}).get("path")
+    if cfg.get("teachers") or not weights:
+        return None
+    path = Path(weights) if Path(weights).is_absolute() else run_dir / weights
+    if not path.is_file():
+        return None
+    model = build(cfg.teacher.model, "teacher.model")
+    return load_weights(model, path, "teacher.checkpoint").eval()
