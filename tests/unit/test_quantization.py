@@ -767,3 +767,39 @@ def test_a_deep_copy_of_a_qat_student_observes_into_its_own_observers():
     copy_(torch.randn(4, 1, 8, 8))
     assert all(bool(o.initialized) for o in observers_of(copy_).values())
     assert not any(bool(o.initialized) for o in observers_of(model).values())
+
+
+def test_weight_sharing_clusters_once_at_its_epoch_and_keeps_pruned_zeros(tmp_path):
+    from distill.compression.sharing import get_weight_sharing
+    from distill.deploy.compressed import save_compressed
+
+    model = with_stats(Net())
+    pruning = channel_pruning(model)
+    pruning.apply(model, t=0)
+    callback = QuantizationCallback(start_epoch=0, weight_sharing={"bits": 2, "epoch": 0.5})
+    callback.resolve_epochs(4)  # sharing from epoch 2
+    callback.attach(model, inputs(2))
+    pruned = {name: get_mask(model.get_submodule(name)) for name in pruning.layers}
+
+    callback.enter_epoch(model, 1)
+    assert not callback.clustered
+    assert not any(bool(get_weight_sharing(model.get_submodule(n)).active) for n in callback.layers)
+    callback.enter_epoch(model, 2)
+    assert callback.clustered and callback.state_dict()["clustered"]
+    for name in callback.layers:
+        module = model.get_submodule(name)
+        with callback.float_weights(model):
+            weight = module.weight.detach()
+        # 2 bits: at most 4 shared values among the nonzero weights, pruned ones stay 0.
+        assert torch.unique(weight[weight != 0]).numel() <= 4, name
+        if name in pruned:
+            assert torch.all(weight[~pruned[name].mask] == 0), name
+    sharing = get_weight_sharing(model.get_submodule(next(iter(callback.layers))))
+    centroids = sharing.centroids.detach().clone()
+    with torch.no_grad():
+        sharing.centroids.add_(1.0)  # as if trained; a later epoch must not re-cluster
+    callback.enter_epoch(model, 3)
+    assert torch.equal(sharing.centroids.detach(), centroids + 1.0)
+
+    entry = save_compressed(model, tmp_path / "student.dcmp")
+    assert entry["encodings"]["codebook"] == len(callback.layers)
