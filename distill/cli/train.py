@@ -20,6 +20,7 @@ log = logging.getLogger("distill")
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _train(cfg: DictConfig) -> None:
     # Imported here so that `--help` and `--cfg job` answer without loading torch.
+    from distill.deploy.onnx_runtime import ExportError
     from distill.pipeline import train
 
     try:
@@ -27,6 +28,10 @@ def _train(cfg: DictConfig) -> None:
     except ConfigError as error:
         log.error("Configuration error: %s", error)
         sys.exit(2)
+    except ExportError as error:
+        # Training finished and its outputs are kept; only the export is missing.
+        log.error("Export failed, no deployment artifact was kept: %s", error)
+        sys.exit(1)
 
 
 def main() -> None:
