@@ -71,7 +71,7 @@ from distill.compression import (
     bake_into,
 )
 from distill.compression.activation_sites import observers_of
-from distill.compression.qat import freeze_batchnorm
+from distill.compression.batchnorm import freeze_batchnorm
 from distill.config import build
 from distill.deploy import remove_zero_channels
 from distill.deploy.compressed import load_compressed, save_compressed

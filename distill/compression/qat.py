@@ -6,11 +6,7 @@ with `batchnorm="fold"`, folded into the conv before them), from `observer_freez
 activation ranges stop moving, and from `weight_sharing.epoch` each layer's weights are clustered
 into shared values (Han et al. 2016) whose centroids keep training.
 
-Why folding is exact: weights are quantized per output channel and symmetrically, so scaling a
-channel by the BatchNorm factor gamma / sigma scales its quantization step by the same factor and
-leaves its integers unchanged. A conv trained with frozen BatchNorm statistics and the conv with
-the BatchNorm folded in deploy to the same int8 weights; folding during training only changes
-what the optimizer sees.
+Folding and freezing BatchNorm deploy to the same int8 weights: see `batchnorm.py`.
 """
 
 from __future__ import annotations
@@ -32,12 +28,12 @@ from distill.compression.activation_sites import (
     find_activation_sites,
     observers_of,
 )
+from distill.compression.batchnorm import fold_batchnorm_in_place, freeze_batchnorm
 from distill.compression.fake_quant import (
     EXPORTABLE_WEIGHT_BITS,
     WeightFakeQuant,
     check_bits,
 )
-from distill.compression.masks import get_mask
 from distill.compression.selection import prunable_layer_names
 from distill.compression.sharing import attach_weight_sharing, cluster_weight_sharing
 from distill.errors import ConfigError
@@ -361,45 +357,6 @@ class QuantizationCallback(pl.Callback):
             )
         self.folded = state_dict["folded"]
         self.clustered = state_dict["clustered"]
-
-
-def freeze_batchnorm(model: nn.Module) -> None:
-    """Normalize with the running statistics and stop updating them."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
-            module.eval()
-
-
-@torch.no_grad()
-def fold_batchnorm_in_place(model: nn.Module, folds: Mapping[str, str]) -> None:
-    """Fold each BatchNorm's statistics into the layer before it, keeping every key.
-
-    With factor f = gamma / sqrt(var + eps) per channel: W <- f W, b <- f b, and the BatchNorm
-    becomes `x + beta'` with beta' = beta - f mean (gamma 1, mean 0, var 1 - eps), so
-    BN(conv(x)) is unchanged in eval mode and the state dict keeps its keys. Masks are honoured:
-    a pruned channel has gamma = beta = 0, so it stays exactly zero.
-    """
-    for layer_name, norm_name in folds.items():
-        layer, norm = model.get_submodule(layer_name), model.get_submodule(norm_name)
-        factor = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-        shape = (-1,) + (1,) * (layer.weight.dim() - 1)
-        weight = _original(layer, "weight")
-        weight.mul_(factor.view(shape))
-        if layer.bias is not None:
-            _original(layer, "bias").mul_(factor)
-        _original(norm, "bias").copy_(norm.bias - factor * norm.running_mean)
-        gamma = _original(norm, "weight")
-        keep = get_mask(norm, "weight")
-        gamma.fill_(1.0) if keep is None else gamma.copy_(keep.mask.to(gamma.dtype))
-        norm.running_mean.zero_()
-        norm.running_var.fill_(1.0 - norm.eps)
-
-
-def _original(module: nn.Module, tensor_name: str) -> Tensor:
-    """The trainable tensor behind `module.<tensor_name>` (the original under parametrizations)."""
-    if parametrize.is_parametrized(module, tensor_name):
-        return module.parametrizations[tensor_name].original
-    return getattr(module, tensor_name)
 
 
 def cluster_weights(model: nn.Module, layers: Sequence[str]) -> None:
