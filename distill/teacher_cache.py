@@ -25,8 +25,10 @@ from distill.teacher import load_weights
 
 log = logging.getLogger(__name__)
 
-# Bump when the meaning of a cached entry changes, so old entries are not reused.
-CACHE_FORMAT = 1
+# Bump when the meaning of a cached entry changes, so old entries are not reused. 2: the
+# training order of every epoch is a function of (seed, epoch) (distill/data/resumable.py), so
+# teachers trained before would differ from the ones the same settings train now.
+CACHE_FORMAT = 2
 
 
 @dataclass(frozen=True)

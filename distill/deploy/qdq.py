@@ -106,7 +106,8 @@ def build_qdq_model(
 ) -> nn.Module:
     """A copy of `plain_model` (baked, possibly slimmed) ready for the int8 ONNX export.
 
-    `layer_bits` names the conv/linear layers with int8 weights; the others stay float.
+    `layer_bits` names the conv/linear layers with int8 weights; the others stay float, and so
+    does attention's output projection.
     `qparams` holds each activation site's (scale, zero point).
     """
     missing = [site for site in sites if site not in qparams]
@@ -114,6 +115,11 @@ def build_qdq_model(
         raise ConfigError("quantization.sites", missing[:5], "sites with observed ranges")
     model = fold_batchnorms(copy.deepcopy(plain_model).eval(), folds)
     for name, bits in layer_bits.items():
+        parent_name = name.rpartition(".")[0]
+        if isinstance(model.get_submodule(parent_name), nn.MultiheadAttention):
+            # Attention reads `out_proj.weight` itself instead of calling the layer; it keeps
+            # its float weight (which already holds the fake-quantized values).
+            continue
         _replace(model, name, QDQLayer(model.get_submodule(name), bits))
     ordered = [site for site in sites if site != INPUT_SITE]
     if INPUT_SITE in sites:

@@ -800,3 +800,30 @@ def test_weight_sharing_clusters_once_at_its_epoch_and_keeps_pruned_zeros(tmp_pa
 
     entry = save_compressed(model, tmp_path / "student.dcmp")
     assert entry["encodings"]["codebook"] == len(callback.layers)
+
+
+def test_int8_model_of_a_transformer_keeps_attention_output_projection_float():
+    # MultiheadAttention reads out_proj.weight itself; replacing out_proj would break it.
+    from distill.compression.masks import bake_into
+    from distill.models import TransformerClassifier
+
+    torch.manual_seed(0)
+    student = TransformerClassifier(input_shape=(1, 40), num_classes=NUM_CLASSES)
+    callback = QuantizationCallback(start_epoch=0)
+    callback.attach(student, torch.randn(2, 1, 40))
+    callback.enter_epoch(student, 0)
+    student.train()
+    student(torch.randn(16, 1, 40))  # observers see one batch
+    student.eval()
+    plain = bake_into(student, TransformerClassifier(input_shape=(1, 40), num_classes=NUM_CLASSES))
+    qparams = {site: tuple(map(float, o.qparams())) for site, o in observers_of(student).items()}
+    qparams = {site: (scale, int(zero_point)) for site, (scale, zero_point) in qparams.items()}
+    sites = callback.sites
+    int8 = build_qdq_model(plain, sites.names, qparams, dict(callback.layers), sites.folds)
+    out_projections = [name for name in callback.layers if name.endswith("out_proj")]
+    assert out_projections
+    assert all(not isinstance(int8.get_submodule(n), QDQLayer) for n in out_projections)
+    assert any(isinstance(m, QDQLayer) for m in int8.modules())
+    inputs = torch.randn(8, 1, 40)
+    with torch.no_grad():
+        assert (int8(inputs).argmax(1) == student(inputs).argmax(1)).float().mean() >= 0.75
