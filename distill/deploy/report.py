@@ -263,6 +263,7 @@ def _render_png(rows: list[dict[str, Any]], baseline: str, title: str) -> bytes:
     """The three bar panels as PNG bytes; drawn on a private Figure so no global state changes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     figure = Figure(figsize=FIGSIZE, dpi=DPI)
     FigureCanvasAgg(figure)
@@ -288,6 +289,8 @@ def _render_png(rows: list[dict[str, Any]], baseline: str, title: str) -> bytes:
         if log:
             ax.set_xscale("log")
             ax.set_xlim(min(values) / 2, max(values) * 4)
+            # A narrow log range gets a label at every minor tick; they overlap.
+            ax.xaxis.set_minor_formatter(NullFormatter())
         else:
             ax.set_xlim(0, max(values) * 1.2 or 1.0)  # all-zero values
     figure.suptitle(f"{title}  (orange: the baseline, {baseline})", fontsize=11)
