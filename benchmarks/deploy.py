@@ -42,7 +42,6 @@ the goal would pass for the wrong reason).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
 import os
@@ -58,10 +57,8 @@ import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from harness import interleaved_medians, print_table
-from hydra import compose, initialize_config_dir
 from torch import Tensor, nn
 
-from distill.cli.train import CONF_DIR
 from distill.compression import (
     ChannelPruning,
     Magnitude,
@@ -79,7 +76,7 @@ from distill.deploy.onnx_runtime import OrtModel, export_onnx
 from distill.deploy.qdq import build_qdq_model
 from distill.losses import soft_target_kd
 from distill.models import resnet20, resnet56
-from distill.pipeline import train
+from recipes import compose_cfg, run_recipe
 
 CHANNEL_SPARSITIES = (0.5, 0.75)
 LATENCY_GOAL = 10.0  # dense fp32 eager time / slim int8 onnxruntime time, batch 64
@@ -92,11 +89,6 @@ ACCURACY_GOAL = 1.0  # points of test accuracy the int8 ONNX file may lose
 SECTIONS = ("latency", "size", "step", "accuracy")
 RESNET20_CONFIG = {"_target_": "distill.models.resnet20", "num_classes": 10}
 CIFAR_SHAPE = (3, 32, 32)
-
-
-def compose_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=["paths.output_dir=unused", *overrides])
 
 
 def verdict(ok: bool) -> str:
@@ -611,20 +603,6 @@ SHORT_RECIPE = (
     "quantization.observer_freeze_epoch=27",
     "export=true",
 )
-
-
-def run_recipe(root: Path, name: str, *overrides: str) -> dict:
-    paths = [
-        f"paths.output_dir={root / name}",
-        f"paths.data_dir={root / 'data'}",
-        f"paths.log_dir={root / 'logs'}",
-    ]
-    if "DISTILL_CACHE_DIR" not in os.environ:
-        paths.append(f"paths.cache_dir={root / 'cache'}")
-    quiet = ["logger=none", "callbacks=none", "trainer.enable_progress_bar=false"]
-    cfg = compose_cfg(*paths, *quiet, *overrides)
-    with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the tables
-        return train(cfg)
 
 
 def percent(value: float | None) -> str:

@@ -20,9 +20,7 @@ stall each other, which hides the effects measured here. Sections and their goal
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import os
 import sys
 import tempfile
 import time
@@ -31,10 +29,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from harness import interleaved_medians, print_table
-from hydra import compose, initialize_config_dir
 from torch import nn
 
-from distill.cli.train import CONF_DIR
 from distill.compression import (
     ChannelPruning,
     OneShotSchedule,
@@ -49,16 +45,11 @@ from distill.config import build
 from distill.deploy import remove_zero_channels
 from distill.losses import soft_target_kd
 from distill.models import resnet20
-from distill.pipeline import train
+from recipes import compose_cfg, run_recipe
 
 STEP_GOAL = 1.1  # masked step time / plain step time
 ACCURACY_GOAL = 2.0  # points of test accuracy lost at 90% sparsity
 SECTIONS = ("step", "slim", "accuracy")
-
-
-def compose_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=["paths.output_dir=unused", *overrides])
 
 
 def title(what: str) -> str:
@@ -186,20 +177,6 @@ def slim_section() -> None:
 
 
 # -- accuracy -----------------------------------------------------------------------------
-
-
-def run_recipe(root: Path, name: str, *overrides: str) -> dict:
-    paths = [
-        f"paths.output_dir={root / name}",
-        f"paths.data_dir={root / 'data'}",
-        f"paths.log_dir={root / 'logs'}",
-    ]
-    if "DISTILL_CACHE_DIR" not in os.environ:
-        paths.append(f"paths.cache_dir={root / 'cache'}")
-    quiet = ["logger=none", "callbacks=none", "trainer.enable_progress_bar=false"]
-    cfg = compose_cfg(*paths, *quiet, *overrides)
-    with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the tables
-        return train(cfg)
 
 
 # The default student (3.5k parameters) and one twice as wide: 90% of a layer's weights is a

@@ -24,6 +24,19 @@ from distill.errors import ConfigError
 UNITS = ("step", "epoch")
 
 
+def example_inputs_for_attach(trainer: pl.Trainer, field: str, callback: pl.Callback) -> Tensor:
+    """A batch to attach a compression callback with, when `fit` starts and nothing attached it
+    before (the pipeline attaches before building the trainer, so checkpoint keys are stable)."""
+    datamodule = trainer.datamodule
+    if datamodule is None or not hasattr(datamodule, "example_input_batch"):
+        raise ConfigError(
+            field,
+            type(callback).__name__,
+            "call attach(student, example_inputs) before fit, or fit with a distill DataModule",
+        )
+    return datamodule.example_input_batch(2)
+
+
 class PruningCallback(pl.Callback):
     """Prunes `pl_module.student` (never the teacher) by `criterion` on `schedule`.
 
@@ -117,15 +130,7 @@ class PruningCallback(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not self.attached:
-            datamodule = trainer.datamodule
-            if datamodule is None or not hasattr(datamodule, "example_input_batch"):
-                raise ConfigError(
-                    "pruning",
-                    "PruningCallback",
-                    "call attach(student, example_inputs) before fit, or fit with a distill "
-                    "DataModule",
-                )
-            self.attach(pl_module.student, datamodule.example_input_batch(2))
+            self.attach(pl_module.student, example_inputs_for_attach(trainer, "pruning", self))
 
     # -- updates -------------------------------------------------------------------------
     def on_before_optimizer_step(

@@ -10,12 +10,15 @@ weight, so pruned weights stay exactly zero on the int8 grid.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from distill.errors import ConfigError
+
+T = TypeVar("T", bound=nn.Module)
 
 
 class WeightMask(nn.Module):
@@ -47,14 +50,19 @@ class WeightMask(nn.Module):
         return f"shape={tuple(self.mask.shape)}, sparsity={self.sparsity:.3f}"
 
 
-def get_mask(module: nn.Module, tensor_name: str = "weight") -> WeightMask | None:
-    """The `WeightMask` on `module.<tensor_name>`, or None if it has none."""
+def find_parametrization(module: nn.Module, tensor_name: str, kind: type[T]) -> T | None:
+    """The parametrization of type `kind` on `module.<tensor_name>`, or None if it has none."""
     if not parametrize.is_parametrized(module, tensor_name):
         return None
     for parametrization in module.parametrizations[tensor_name]:
-        if isinstance(parametrization, WeightMask):
+        if isinstance(parametrization, kind):
             return parametrization
     return None
+
+
+def get_mask(module: nn.Module, tensor_name: str = "weight") -> WeightMask | None:
+    """The `WeightMask` on `module.<tensor_name>`, or None if it has none."""
+    return find_parametrization(module, tensor_name, WeightMask)
 
 
 def attach_mask(module: nn.Module, tensor_name: str = "weight") -> WeightMask:

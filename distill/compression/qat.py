@@ -29,11 +29,13 @@ from distill.compression.activation_sites import (
     observers_of,
 )
 from distill.compression.batchnorm import fold_batchnorm_in_place, freeze_batchnorm
+from distill.compression.callback import example_inputs_for_attach
 from distill.compression.fake_quant import (
     EXPORTABLE_WEIGHT_BITS,
     WeightFakeQuant,
     check_bits,
 )
+from distill.compression.masks import find_parametrization
 from distill.compression.selection import prunable_layer_names
 from distill.compression.sharing import attach_weight_sharing, cluster_weight_sharing
 from distill.errors import ConfigError
@@ -77,12 +79,8 @@ def _resolve_epoch(value: int | float, max_epochs: int | None, field: str) -> in
 
 
 def get_weight_fake_quant(module: nn.Module, tensor_name: str = "weight") -> WeightFakeQuant | None:
-    if not parametrize.is_parametrized(module, tensor_name):
-        return None
-    for parametrization in module.parametrizations[tensor_name]:
-        if isinstance(parametrization, WeightFakeQuant):
-            return parametrization
-    return None
+    """The `WeightFakeQuant` on `module.<tensor_name>`, or None if it has none."""
+    return find_parametrization(module, tensor_name, WeightFakeQuant)
 
 
 class QuantizationCallback(pl.Callback):
@@ -251,15 +249,7 @@ class QuantizationCallback(pl.Callback):
         if not self.epochs_resolved:
             self.resolve_epochs(trainer.max_epochs)
         if not self.attached:
-            datamodule = trainer.datamodule
-            if datamodule is None or not hasattr(datamodule, "example_input_batch"):
-                raise ConfigError(
-                    "quantization",
-                    "QuantizationCallback",
-                    "call attach(student, example_inputs) before fit, or fit with a distill "
-                    "DataModule",
-                )
-            self.attach(pl_module.student, datamodule.example_input_batch(2))
+            self.attach(pl_module.student, example_inputs_for_attach(trainer, "quantization", self))
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for observer in observers_of(pl_module.student).values():

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from distill.compression.fake_quant import WeightFakeQuant
+from distill.compression.masks import find_parametrization
 from distill.errors import ConfigError
 
 SHARING_BITS = range(1, 9)  # 2 to 256 shared values; indices fit in a uint8
@@ -189,12 +190,7 @@ class SharedWeights(nn.Module):
 
 def get_weight_sharing(module: nn.Module, tensor_name: str = "weight") -> SharedWeights | None:
     """The `SharedWeights` on `module.<tensor_name>`, or None if it has none."""
-    if not parametrize.is_parametrized(module, tensor_name):
-        return None
-    for parametrization in module.parametrizations[tensor_name]:
-        if isinstance(parametrization, SharedWeights):
-            return parametrization
-    return None
+    return find_parametrization(module, tensor_name, SharedWeights)
 
 
 def attach_weight_sharing(
