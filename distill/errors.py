@@ -1,4 +1,5 @@
-"""Errors raised for bad user input, before any work starts."""
+"""The project's two error types: bad user input (`ConfigError`, refused before any work
+starts; exit 2) and an artifact that could not be produced (`ExportError`; exit 1)."""
 
 from __future__ import annotations
 
@@ -13,3 +14,7 @@ class ConfigError(ValueError):
         self.value = value
         self.allowed = allowed
         super().__init__(f"{field}={value!r} is not allowed: {allowed}")
+
+
+class ExportError(RuntimeError):
+    """An artifact could not be produced or failed its checks; nothing was kept."""

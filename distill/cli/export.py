@@ -37,8 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # Imported here so that --help answers without loading torch.
     from distill.deploy.artifacts import describe, export_run
-    from distill.deploy.onnx_runtime import ExportError
-    from distill.errors import ConfigError
+    from distill.errors import ConfigError, ExportError
 
     if args.latency_repeats < 1:
         log.error("--latency-repeats=%d is not allowed: an integer >= 1", args.latency_repeats)

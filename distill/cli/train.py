@@ -20,7 +20,7 @@ log = logging.getLogger("distill")
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _train(cfg: DictConfig) -> None:
     # Imported here so that `--help` and `--cfg job` answer without loading torch.
-    from distill.deploy.onnx_runtime import ExportError
+    from distill.errors import ExportError
     from distill.pipeline import train
 
     try:

@@ -2,7 +2,6 @@
 quantization, weight sharing, and the callbacks that drive them."""
 
 from distill.compression.activation_sites import ActivationSites, find_activation_sites
-from distill.compression.callback import PruningCallback
 from distill.compression.criteria import (
     bn_gamma_scores,
     channel_mask,
@@ -25,7 +24,8 @@ from distill.compression.masks import (
     set_mask,
 )
 from distill.compression.pruners import ChannelPruning, Magnitude, NMSparsity, RandomPruning
-from distill.compression.qat import QuantizationCallback, WeightSharingSettings
+from distill.compression.pruning_callback import PruningCallback
+from distill.compression.quantization_callback import QuantizationCallback, WeightSharingSettings
 from distill.compression.schedules import (
     AGPSchedule,
     IterativeSchedule,

@@ -2,8 +2,8 @@
 compressed student, and the measured report (`export_run`, behind `distill-export`)."""
 
 from distill.deploy.compressed import load_compressed, save_compressed
-from distill.deploy.export import load_slim, save_slim
 from distill.deploy.slim import SlimReport, find_zero_channels, remove_zero_channels
+from distill.deploy.slim_file import load_slim, save_slim
 
 __all__ = [
     "SlimReport",

@@ -23,11 +23,9 @@ import torch
 from torch import Tensor, nn
 from torch.export import Dim
 
+from distill.errors import ExportError
+
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-
-
-class ExportError(RuntimeError):
-    """An artifact could not be produced or failed its checks; nothing was kept."""
 
 
 def export_onnx(model: nn.Module, example_inputs: Tensor, path: Path) -> Path:

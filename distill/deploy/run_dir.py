@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from distill.compression import PruningCallback
-from distill.compression.qat import QuantizationCallback
+from distill.compression.quantization_callback import QuantizationCallback
 from distill.config import build
 from distill.data import ClassificationDataModule
 from distill.errors import ConfigError

@@ -16,8 +16,8 @@ from distill.config import build
 from distill.deploy import artifacts as artifacts_module
 from distill.deploy.artifacts import export_run
 from distill.deploy.compressed import load_compressed
-from distill.deploy.onnx_runtime import ExportError, OrtModel, export_onnx
-from distill.errors import ConfigError
+from distill.deploy.onnx_runtime import OrtModel, export_onnx
+from distill.errors import ConfigError, ExportError
 from distill.pipeline import train
 from tests.conftest import compose_train
 

@@ -30,7 +30,7 @@ from distill.compression import (
 )
 from distill.compression.activation_sites import INPUT_SITE, observers_of
 from distill.compression.batchnorm import fold_batchnorm_in_place, freeze_batchnorm
-from distill.compression.qat import get_weight_fake_quant
+from distill.compression.quantization_callback import get_weight_fake_quant
 from distill.data.resumable import ResumableDataLoader
 from distill.deploy.qdq import QDQLayer, build_qdq_model
 from distill.errors import ConfigError

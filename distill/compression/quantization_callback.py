@@ -29,13 +29,13 @@ from distill.compression.activation_sites import (
     observers_of,
 )
 from distill.compression.batchnorm import fold_batchnorm_in_place, freeze_batchnorm
-from distill.compression.callback import example_inputs_for_attach
 from distill.compression.fake_quant import (
     EXPORTABLE_WEIGHT_BITS,
     WeightFakeQuant,
     check_bits,
 )
 from distill.compression.masks import find_parametrization
+from distill.compression.pruning_callback import example_inputs_for_attach
 from distill.compression.selection import prunable_layer_names
 from distill.compression.sharing import attach_weight_sharing, cluster_weight_sharing
 from distill.errors import ConfigError
