@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -21,21 +23,26 @@ ComposeFn = Callable[..., DictConfig]
 
 
 def compose_train(overrides: Sequence[str], root: Path) -> DictConfig:
-    """conf/train.yaml with `overrides`, writing to `root` instead of outputs/ and ~/.cache."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            config_name="train",
-            overrides=[
-                f"paths.data_dir={root / 'data'}",
-                f"paths.cache_dir={root / 'cache'}",
-                f"paths.log_dir={root / 'logs'}",
-                *overrides,
-            ],
-        )
+    """conf/train.yaml with `overrides`, writing to `root` instead of outputs/ and ~/.cache.
+
+    Each distinct set of overrides is composed once per session (the lightning-hydra-template's
+    pattern) and every caller gets its own deep copy, pointed at its own `root`: the paths are
+    interpolated (`${paths.cache_dir}/teachers`), so setting them on the copy moves everything.
+    """
+    cfg = copy.deepcopy(_composed(tuple(overrides)))
+    # ${hydra:runtime.output_dir} only exists inside a Hydra app.
+    paths = {"data_dir": "data", "cache_dir": "cache", "log_dir": "logs", "output_dir": "run"}
     with open_dict(cfg):
-        # ${hydra:runtime.output_dir} only exists inside a Hydra app.
-        cfg.paths.output_dir = str(root / "run")
+        for key, folder in paths.items():
+            if not any(override.startswith(f"paths.{key}=") for override in overrides):
+                cfg.paths[key] = str(root / folder)
     return cfg
+
+
+@functools.cache
+def _composed(overrides: tuple[str, ...]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
 
 
 @pytest.fixture
