@@ -125,8 +125,10 @@ def train_teacher(
     started = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True)
     settings = node.train
-    # An ensemble wraps its members frozen before they are trained; train this one in place.
-    model.requires_grad_(True)
+    # The run wraps its teachers frozen (eval mode, no gradients) before they are trained, and
+    # Lightning keeps each module's mode at fit start: without train() here, BatchNorm would
+    # train on its initial running statistics and never update them.
+    model.train().requires_grad_(True)
     module = DistillationModule(
         model,
         WeightedSum({"ce": CrossEntropy()}),

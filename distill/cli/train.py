@@ -9,7 +9,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from distill.errors import ConfigError
+from distill.errors import ConfigError, ExportError
 
 # Configs live at the repository's top level (conf/), next to the package of an editable install.
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -18,13 +18,14 @@ log = logging.getLogger("distill")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def _train(cfg: DictConfig) -> None:
+def _train(cfg: DictConfig) -> float | None:
+    """The Hydra task: run the recipe, return its `optimized_metric` (what sweepers optimize)."""
     # Imported here so that `--help` and `--cfg job` answer without loading torch.
-    from distill.errors import ExportError
     from distill.pipeline import train
+    from distill.run_summary import metric
 
     try:
-        train(cfg)
+        summary = train(cfg)
     except ConfigError as error:
         log.error("Configuration error: %s", error)
         sys.exit(2)
@@ -32,6 +33,9 @@ def _train(cfg: DictConfig) -> None:
         # Training finished and its outputs are kept; only the export is missing.
         log.error("Export failed, no deployment artifact was kept: %s", error)
         sys.exit(1)
+    key = cfg.get("optimized_metric")
+    # Ranks other than 0 of a DDP run return no summary, and have nothing to report.
+    return metric(summary, key) if key and summary else None
 
 
 def main() -> None:

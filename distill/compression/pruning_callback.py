@@ -93,6 +93,11 @@ class PruningCallback(pl.Callback):
     def attached(self) -> bool:
         return bool(self.layers)
 
+    @property
+    def removes_channels(self) -> bool:
+        """Whether whole channels are pruned (the slim student can drop them)."""
+        return isinstance(self.criterion, ChannelPruning)
+
     def attach(self, model: nn.Module, example_inputs: Tensor) -> None:
         """Choose the layers, register their masks, and check every setting against `model`."""
         selected = select_layers(model, self.include, self.exclude, self.keep_first_last_dense)

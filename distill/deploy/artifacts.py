@@ -58,6 +58,7 @@ from distill.deploy.run_dir import TrainedRun, load_trained_run
 from distill.deploy.slim import remove_zero_channels
 from distill.errors import ConfigError
 from distill.files import atomic_write_json
+from distill.run_summary import SUMMARY_FILE, read_summary
 from distill.summary import count_parameters
 
 log = logging.getLogger(__name__)
@@ -73,13 +74,27 @@ def export_run(
     latency_repeats: int = 20,
     teacher: nn.Module | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Produce, check and measure every artifact of the run in `run_dir`; return their entries
-    (also merged into `summary.json` under `artifacts`)."""
+    """`distill-export RUN_DIR`: produce, check and measure every artifact of a finished run,
+    then merge their entries into its `summary.json` (under `artifacts`; rows under
+    `deployment`), written last."""
     run_dir = Path(run_dir)
-    summary_path = run_dir / "summary.json"
-    if not summary_path.is_file():
-        raise ConfigError("run_dir", str(run_dir), "a finished run (it has no summary.json)")
+    summary = read_summary(run_dir)
     run = run or load_trained_run(run_dir)
+    entries, rows = export_artifacts(run_dir, run, latency_repeats, teacher)
+    summary["artifacts"] = {**summary.get("artifacts", {}), **entries}
+    summary["deployment"] = rows
+    atomic_write_json(run_dir / SUMMARY_FILE, summary)
+    return entries
+
+
+def export_artifacts(
+    run_dir: Path,
+    run: TrainedRun,
+    latency_repeats: int = 20,
+    teacher: nn.Module | None = None,
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Produce, check and measure every artifact into `run_dir/export/` (swapped in whole once
+    all passed); returns their summary entries and the report's rows. Writes no summary."""
     teacher = teacher if teacher is not None else run.teacher
     if run.quantization is not None:
         run.quantization.check_exportable()
@@ -95,11 +110,7 @@ def export_run(
         shutil.rmtree(staging, ignore_errors=True)
     for entry in entries.values():
         entry["path"] = f"{EXPORT_DIR}/{entry['path']}"
-    summary = _read_json(summary_path)
-    summary["artifacts"] = {**summary.get("artifacts", {}), **entries}
-    summary["deployment"] = rows
-    atomic_write_json(summary_path, summary)
-    return entries
+    return entries, rows
 
 
 def _produce(
@@ -324,12 +335,6 @@ def _publish(staging: Path, target: Path) -> None:
     staging.rename(target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads(path.read_text())
 
 
 def describe(entries: Mapping[str, Mapping[str, Any]]) -> str:

@@ -1,0 +1,180 @@
+"""Every object of a run, built from its config and checked, before anything is trained.
+
+Order matters: data, models, loss, compression, optimizer and trainer are built first, so a bad
+setting fails in seconds, before a teacher is trained or a file is written as if the run
+succeeded. Nothing here trains or writes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from distill.checks import check_fits_data
+from distill.compression import PruningCallback, QuantizationCallback
+from distill.config import build, build_named
+from distill.data import ClassificationDataModule
+from distill.ensemble import TeacherEnsemble
+from distill.errors import ConfigError
+from distill.losses import WeightedSum
+from distill.module import DistillationModule
+from distill.provision import build_teachers
+from distill.validate import require_choice
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Compression:
+    """The student's compression callbacks, attached in chain order (mask, then fake-quant)."""
+
+    pruning: PruningCallback | None = None
+    quantization: QuantizationCallback | None = None
+
+    @property
+    def callbacks(self) -> list[pl.Callback]:
+        return [c for c in (self.pruning, self.quantization) if c is not None]
+
+
+def attach_compression(
+    cfg: DictConfig, student: nn.Module, example_inputs: Tensor, max_epochs: int | None
+) -> Compression:
+    """Build the run's pruning and quantization callbacks and attach them to `student`.
+
+    One place for training and for `distill-export` (which rebuilds a finished run's student):
+    masks go on before anything sees the student, so checkpoint keys never change, and the
+    fake-quant after them, because a weight is masked first, then quantized.
+    """
+    compression = Compression()
+    if cfg.get("pruning"):
+        compression.pruning = build(cfg.pruning, "pruning")
+        compression.pruning.attach(student, example_inputs)
+    if cfg.get("quantization"):
+        compression.quantization = build(cfg.quantization, "quantization")
+        compression.quantization.resolve_epochs(max_epochs)
+        compression.quantization.attach(student, example_inputs)
+    return compression
+
+
+@dataclass
+class AssembledRun:
+    """What `pipeline.train` runs: built, checked and wired, nothing trained yet."""
+
+    cfg: DictConfig
+    datamodule: ClassificationDataModule
+    loss: WeightedSum
+    student: nn.Module
+    teacher: nn.Module | None
+    compression: Compression
+    module: DistillationModule
+    trainer: pl.Trainer
+    loggers: list[Any]
+    use_output_cache: bool
+    output_cache_reason: str | None
+
+    @property
+    def exports(self) -> bool:
+        """Whether the run ends with the deployment export (never for a fast_dev_run)."""
+        return bool(self.cfg.get("export", False)) and not self.cfg.trainer.get("fast_dev_run")
+
+
+def assemble(cfg: DictConfig) -> AssembledRun:
+    """Build every object of the run in `cfg` and check it against the data."""
+    datamodule: ClassificationDataModule = build(cfg.data, "data")
+    datamodule.setup("fit")
+    loss = WeightedSum(build_named(cfg.loss, "loss"))
+    student: nn.Module = build(cfg.student, "student")
+    check_fits_data(student, datamodule, "student")
+    teacher = build_teachers(cfg, datamodule) if loss.requires_teacher else None
+    use_output_cache, output_cache_reason = plan_teacher_output_cache(cfg, teacher, datamodule)
+    max_epochs = cfg.trainer.get("max_epochs")
+    example = datamodule.example_input_batch(2)
+    compression = attach_compression(cfg, student, example, max_epochs)
+    exports = cfg.get("export", False) and not cfg.trainer.get("fast_dev_run")
+    if compression.quantization is not None and exports:
+        check_quantization_exportable(compression.quantization, max_epochs)
+    module = DistillationModule(
+        student,
+        loss,
+        optimizer=build(cfg.optimizer, "optimizer"),
+        lr_scheduler=build(cfg.lr_scheduler, "lr_scheduler") if cfg.lr_scheduler else None,
+        num_classes=datamodule.num_classes,
+        teacher=teacher,
+        example_inputs=example,
+        num_train_samples=len(datamodule.train_dataset),
+    )
+    # Terms with per-sample state (CRD's memory bank) and cached teacher outputs both look
+    # samples up by their index in the training set.
+    datamodule.return_indices = use_output_cache or any(
+        term.requires_indices for term in loss.terms.values()
+    )
+    callbacks = [*build_named(cfg.callbacks, "callbacks").values(), *compression.callbacks]
+    loggers = list(build_named(cfg.logger, "logger").values())
+    trainer: pl.Trainer = build(
+        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False
+    )
+    return AssembledRun(
+        cfg,
+        datamodule,
+        loss,
+        student,
+        teacher,
+        compression,
+        module,
+        trainer,
+        loggers,
+        use_output_cache,
+        output_cache_reason,
+    )
+
+
+def check_quantization_exportable(
+    quantization: QuantizationCallback, max_epochs: int | None
+) -> None:
+    """Refuse, before training, a QAT setting the int8 export could not use."""
+    quantization.check_exportable()
+    start = quantization.start_epoch
+    starts_too_late = max_epochs is not None and start is not None and 0 < max_epochs <= start
+    if quantization.activations and starts_too_late:
+        raise ConfigError(
+            "quantization.start_epoch",
+            quantization.epoch_settings["start_epoch"],
+            f"an epoch before trainer.max_epochs={max_epochs} (this is epoch "
+            f"{quantization.start_epoch}): the int8 export needs the "
+            "activation ranges QAT observes (or use quantization=none, and the export "
+            "calibrates after training, or export=false)",
+        )
+
+
+CACHE_MODES = ("auto", "on", "off")
+
+
+def plan_teacher_output_cache(
+    cfg: DictConfig, teacher: nn.Module | None, datamodule: ClassificationDataModule
+) -> tuple[bool, str | None]:
+    """Whether to compute teacher outputs once, and if not, why (for the log and summary)."""
+    mode = require_choice(
+        "teacher_output_cache", cfg.get("teacher_output_cache", "off"), CACHE_MODES
+    )
+    reason = None
+    if teacher is None:
+        reason = "no teacher"
+    elif datamodule.has_random_augmentation:
+        reason = (
+            "the training inputs are randomly augmented, so teacher outputs change every epoch "
+            "(turn augmentation off, e.g. data.augment=false, to cache them)"
+        )
+    elif isinstance(teacher, TeacherEnsemble):
+        reason = "teacher ensembles are not cached yet"
+    elif mode == "off":
+        reason = "teacher_output_cache=off"
+    if mode == "on" and reason is not None:
+        raise ConfigError("teacher_output_cache", mode, f"'auto' or 'off' here: {reason}")
+    if reason is not None and teacher is not None:
+        log.info("Teacher outputs are not cached: %s", reason)
+    return reason is None, reason
