@@ -120,10 +120,10 @@ def require_bool(field: str, value: Any) -> bool:
     return value
 
 
-def require_choice(field: str, value: T, choices: Collection[T]) -> T:
+def require_choice(field: str, value: T, choices: Collection[T], allowed: str | None = None) -> T:
     """One of `choices`."""
     if value not in choices:
-        raise ConfigError(field, value, f"one of {tuple(choices)}")
+        raise ConfigError(field, value, allowed or f"one of {tuple(choices)}")
     return value
 
 
