@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Sequence, Sized
+from typing import Any, TypeVar, cast
 
 import pytorch_lightning as pl
 import torch
@@ -150,7 +150,7 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
             return
         train_dataset, test_dataset = self.load_datasets()
         self._check_against_data(train_dataset, test_dataset)
-        train_indices, val_indices = self._split_indices(len(train_dataset))
+        train_indices, val_indices = self._split_indices(_size(train_dataset))
         self._full_train_dataset = train_dataset
         self._train_dataset = Subset(self.train_view(train_dataset), train_indices)
         # Validation reads the plain training set: augmented validation would be noisy.
@@ -159,7 +159,7 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches; the order is fixed by ``seed``."""
-        dataset = self.train_dataset
+        dataset: Dataset = self.train_dataset
         if self.return_indices:
             dataset = IndexedDataset(dataset)
         return self._loader(dataset, self.batch_size, shuffle=True)
@@ -180,11 +180,11 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
         n = require_int("n", n, minimum=1)
         self.setup()
         dataset = self._require(self._full_train_dataset)
-        count = min(n, len(dataset))
+        count = min(n, _size(dataset))
         return torch.stack([dataset[index][0] for index in range(count)])
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        common = {
+        common: dict[str, Any] = {
             "batch_size": batch_size,
             "drop_last": False,
             "num_workers": self.num_workers,
@@ -216,7 +216,7 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
         # The declared values feed model construction (e.g. the classifier width) before any
         # data is read, so a wrong value would otherwise surface as a cryptic shape or
         # index error deep inside training.
-        if len(train_dataset) == 0:
+        if _size(train_dataset) == 0:
             raise ConfigError("data", type(self).__name__, "a dataset with training samples")
         labels = torch.cat([_labels_of(train_dataset), _labels_of(test_dataset)])
         smallest, largest = int(labels.min()), int(labels.max())
@@ -243,12 +243,18 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
         return dataset
 
 
+def _size(dataset: Dataset) -> int:
+    # Every dataset here is map-style and has a length; torch's `Dataset` type does not declare
+    # `__len__` (iterable datasets may lack one), so the type checker is told.
+    return len(cast(Sized, dataset))
+
+
 def _labels_of(dataset: Dataset) -> torch.Tensor:
     labels = getattr(dataset, "labels", None)
     if isinstance(labels, torch.Tensor):
         return labels.reshape(-1).long()
     # Fallback for datasets without a labels tensor: reads every sample once.
-    return torch.as_tensor([int(dataset[index][1]) for index in range(len(dataset))])
+    return torch.as_tensor([int(dataset[index][1]) for index in range(_size(dataset))])
 
 
 class IndexedDataset(Dataset):
@@ -258,7 +264,7 @@ class IndexedDataset(Dataset):
         self.dataset = dataset
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return _size(self.dataset)
 
     def __getitem__(self, index: int) -> tuple:
         inputs, label = self.dataset[index]

@@ -32,10 +32,18 @@ class StepOutputs:
     ensemble_logits: list[Tensor] | None = None
     ensemble_weights: Tensor | None = None
 
+    def require_teacher_logits(self) -> Tensor:
+        """`teacher_logits`, for a term that needs them; RuntimeError when none were given."""
+        if self.teacher_logits is None:
+            raise RuntimeError("teacher logits are needed, and none were given")
+        return self.teacher_logits
+
     def teacher_probabilities(self, temperature: float) -> Tensor:
         """The teacher's soft targets at `temperature`, combined over an ensemble's teachers."""
         if self.ensemble_logits is None:
-            return (self.teacher_logits / temperature).softmax(dim=-1)
+            return (self.require_teacher_logits() / temperature).softmax(dim=-1)
+        if self.ensemble_weights is None:
+            raise RuntimeError("ensemble_logits were given without their ensemble_weights")
         return combine_soft_targets(self.ensemble_logits, self.ensemble_weights, temperature)
 
 

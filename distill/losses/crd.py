@@ -130,6 +130,7 @@ class ContrastiveRepresentationKD(FeatureLossTerm):
     student_bank: Tensor
     teacher_bank: Tensor
     sampling_step: Tensor
+    log_normalizer: Tensor
 
     def __init__(
         self,
@@ -241,17 +242,19 @@ class ContrastiveRepresentationKD(FeatureLossTerm):
                     self.log_normalizer[direction] = self.estimate_log_normalizer(
                         anchor, positive, negative
                     )
-        loss = sum(
-            nce_loss(
-                anchor,
-                positive,
-                negative,
-                self.temperature,
-                self.num_data,
-                self.log_normalizer[direction],
-            )
-            for direction, (anchor, positive, negative) in enumerate(directions)
-        )
+        loss = torch.stack(
+            [
+                nce_loss(
+                    anchor,
+                    positive,
+                    negative,
+                    self.temperature,
+                    self.num_data,
+                    self.log_normalizer[direction],
+                )
+                for direction, (anchor, positive, negative) in enumerate(directions)
+            ]
+        ).sum()
         if self.training:
             momentum_update(self.student_bank, indices, student_embedding, self.momentum)
             momentum_update(self.teacher_bank, indices, teacher_embedding, self.momentum)

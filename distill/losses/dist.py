@@ -68,7 +68,7 @@ class DISTLoss(LossTerm):
     def compute(self, outputs: StepOutputs) -> Tensor:
         return dist_loss(
             outputs.student_logits,
-            outputs.teacher_logits,
+            outputs.require_teacher_logits(),
             self.beta,
             self.gamma,
             self.temperature,

@@ -78,7 +78,7 @@ class DecoupledKD(LossTerm):
     def compute(self, outputs: StepOutputs) -> Tensor:
         return decoupled_kd(
             outputs.student_logits,
-            outputs.teacher_logits,
+            outputs.require_teacher_logits(),
             outputs.targets,
             self.alpha,
             self.beta,

@@ -46,4 +46,6 @@ class SoftTargetKD(LossTerm):
             return soft_target_kd_from_probabilities(
                 outputs.student_logits, targets, self.temperature
             )
-        return soft_target_kd(outputs.student_logits, outputs.teacher_logits, self.temperature)
+        return soft_target_kd(
+            outputs.student_logits, outputs.require_teacher_logits(), self.temperature
+        )

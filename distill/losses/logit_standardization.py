@@ -48,4 +48,6 @@ class StandardizedKD(LossTerm):
         self.temperature = require_positive("temperature", temperature)
 
     def compute(self, outputs: StepOutputs) -> Tensor:
-        return standardized_kd(outputs.student_logits, outputs.teacher_logits, self.temperature)
+        return standardized_kd(
+            outputs.student_logits, outputs.require_teacher_logits(), self.temperature
+        )
