@@ -39,4 +39,8 @@ def build_named(node: DictConfig | None, field: str) -> dict[str, Any]:
     """Build every entry of a name -> config mapping (loss terms, callbacks, loggers)."""
     if node is None:
         return {}
-    return {name: build(child, f"{field}.{name}") for name, child in node.items()}
+    built: dict[str, Any] = {}
+    for name, child in node.items():
+        key = str(name)  # a name: nn.ModuleDict and the loggers need strings
+        built[key] = build(child, f"{field}.{key}")
+    return built

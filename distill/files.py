@@ -6,15 +6,16 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-try:  # POSIX; elsewhere the atomic rename alone keeps files whole
+# POSIX only; on Windows the atomic rename alone keeps files whole. A `sys.platform` test (not
+# try/except ImportError) so that type checkers know where `fcntl` exists.
+if sys.platform != "win32":
     import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +47,15 @@ def atomic_write_json(path: str | Path, payload: Any) -> Path:
 def exclusive_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on `path` (created if needed); waits for another holder."""
     with open(path, "a+") as handle:
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("Another run holds %s; waiting for it", path)
-                fcntl.flock(handle, fcntl.LOCK_EX)
+        if sys.platform == "win32":  # pragma: no cover
+            yield
+            return
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("Another run holds %s; waiting for it", path)
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            if fcntl is not None:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -10,7 +10,7 @@ from typing import Any
 
 from pytorch_lightning.loggers import WandbLogger
 
-from distill.errors import ConfigError
+from distill.validate import require_choice
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,9 @@ def wandb_logger(
     `mode="auto"` logs online when an API key is configured and offline otherwise, so a fresh
     machine never blocks on a login prompt; offline runs can be uploaded later with `wandb sync`.
     """
-    if mode not in WANDB_MODES:
-        raise ConfigError("logger.wandb.mode", mode, f"one of {', '.join(WANDB_MODES)}")
+    require_choice(
+        "logger.wandb.mode", mode, WANDB_MODES, allowed=f"one of {', '.join(WANDB_MODES)}"
+    )
     if mode == "auto":
         mode = "online" if wandb_api_key_configured() else "offline"
     # WANDB_MODE set by the user wins, as wandb itself would have it.

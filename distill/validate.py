@@ -78,27 +78,39 @@ def require_real(
     min_inclusive: bool = True,
     max_inclusive: bool = True,
     allowed: str | None = None,
+    finite: bool = True,
 ) -> float:
-    """`value` as a finite float, within the bounds where given (inclusive unless told)."""
+    """`value` as a float, within the bounds where given (inclusive unless told).
+
+    Infinities are refused unless `finite` is false (a tolerance of inf means "do not check");
+    NaN is always refused, since no bound can be checked against it.
+    """
     valid = (
         is_real(value)
-        and math.isfinite(value)
+        and not math.isnan(value)
+        and (math.isfinite(value) or not finite)
         and _within(value, minimum, maximum, min_inclusive, max_inclusive)
     )
     if not valid:
         bounds = _bounds(minimum, maximum, min_inclusive, max_inclusive)
-        raise ConfigError(field, value, allowed or f"a finite number{bounds}")
+        kind = "a finite number" if finite else "a number"
+        raise ConfigError(field, value, allowed or f"{kind}{bounds}")
     return float(value)
 
 
-def require_positive(field: str, value: Any) -> float:
+def require_positive(field: str, value: Any, allowed: str | None = None) -> float:
     """A finite number > 0 (temperatures, margins, scales)."""
-    return require_real(field, value, minimum=0, min_inclusive=False)
+    return require_real(field, value, minimum=0, min_inclusive=False, allowed=allowed)
+
+
+# The wording every fraction setting (sparsity, dropout, label smoothing, val_fraction) used
+# before this module existed; tests and users match on it.
+FRACTION = "a number in [0, 1)"
 
 
 def require_fraction(field: str, value: Any, allowed: str | None = None) -> float:
-    """A number in [0, 1): a sparsity, a dropout probability, a held-out fraction."""
-    return require_real(field, value, 0.0, 1.0, max_inclusive=False, allowed=allowed)
+    """A finite number in [0, 1): a sparsity, a dropout probability, a held-out fraction."""
+    return require_real(field, value, 0.0, 1.0, max_inclusive=False, allowed=allowed or FRACTION)
 
 
 def require_bool(field: str, value: Any) -> bool:
@@ -108,10 +120,10 @@ def require_bool(field: str, value: Any) -> bool:
     return value
 
 
-def require_choice(field: str, value: T, choices: Collection[T]) -> T:
+def require_choice(field: str, value: T, choices: Collection[T], allowed: str | None = None) -> T:
     """One of `choices`."""
     if value not in choices:
-        raise ConfigError(field, value, f"one of {tuple(choices)}")
+        raise ConfigError(field, value, allowed or f"one of {tuple(choices)}")
     return value
 
 

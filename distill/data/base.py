@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Sequence, Sized
+from typing import Any, TypeVar, cast
 
 import pytorch_lightning as pl
 import torch
@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from distill.data.resumable import ResumableDataLoader
 from distill.errors import ConfigError
+from distill.validate import require_fraction, require_int, require_ints
 
 DatasetT = TypeVar("DatasetT", bound=Dataset)
 
@@ -66,26 +67,21 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        _check_int("data.num_classes", num_classes, minimum=2)
-        _check_input_shape(input_shape)
-        _check_int("data.batch_size", batch_size, minimum=1)
-        if eval_batch_size is not None:
-            _check_int("data.eval_batch_size", eval_batch_size, minimum=1)
-        _check_int("data.num_workers", num_workers, minimum=0)
-        _check_int("data.seed", seed, minimum=0)
-        if (
-            isinstance(val_fraction, bool)
-            or not isinstance(val_fraction, int | float)
-            or not 0 <= val_fraction < 1
-        ):
-            raise ConfigError("data.val_fraction", val_fraction, "a number in [0, 1)")
-        self._num_classes = num_classes
-        self._input_shape = tuple(input_shape)
-        self.batch_size = batch_size
-        self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
-        self.num_workers = num_workers
-        self.val_fraction = float(val_fraction)
-        self.seed = seed
+        self._num_classes = require_int("data.num_classes", num_classes, minimum=2)
+        self._input_shape = require_ints(
+            "data.input_shape",
+            input_shape,
+            allowed="a non-empty sequence of positive integers, e.g. [3, 32, 32]",
+        )
+        self.batch_size = require_int("data.batch_size", batch_size, minimum=1)
+        self.eval_batch_size = (
+            self.batch_size
+            if eval_batch_size is None
+            else require_int("data.eval_batch_size", eval_batch_size, minimum=1)
+        )
+        self.num_workers = require_int("data.num_workers", num_workers, minimum=0)
+        self.seed = require_int("data.seed", seed, minimum=0)
+        self.val_fraction = require_fraction("data.val_fraction", val_fraction)
         # Set by a run whose loss keeps per-sample state (CRD's memory bank): training batches
         # then carry each sample's position in the training set as a third element.
         self.return_indices = False
@@ -154,7 +150,7 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
             return
         train_dataset, test_dataset = self.load_datasets()
         self._check_against_data(train_dataset, test_dataset)
-        train_indices, val_indices = self._split_indices(len(train_dataset))
+        train_indices, val_indices = self._split_indices(_size(train_dataset))
         self._full_train_dataset = train_dataset
         self._train_dataset = Subset(self.train_view(train_dataset), train_indices)
         # Validation reads the plain training set: augmented validation would be noisy.
@@ -163,7 +159,7 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches; the order is fixed by ``seed``."""
-        dataset = self.train_dataset
+        dataset: Dataset = self.train_dataset
         if self.return_indices:
             dataset = IndexedDataset(dataset)
         return self._loader(dataset, self.batch_size, shuffle=True)
@@ -181,15 +177,14 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
 
         Calls :meth:`setup` if needed. Useful to check that a model accepts this data.
         """
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        n = require_int("n", n, minimum=1)
         self.setup()
         dataset = self._require(self._full_train_dataset)
-        count = min(n, len(dataset))
+        count = min(n, _size(dataset))
         return torch.stack([dataset[index][0] for index in range(count)])
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        common = {
+        common: dict[str, Any] = {
             "batch_size": batch_size,
             "drop_last": False,
             "num_workers": self.num_workers,
@@ -221,7 +216,7 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
         # The declared values feed model construction (e.g. the classifier width) before any
         # data is read, so a wrong value would otherwise surface as a cryptic shape or
         # index error deep inside training.
-        if len(train_dataset) == 0:
+        if _size(train_dataset) == 0:
             raise ConfigError("data", type(self).__name__, "a dataset with training samples")
         labels = torch.cat([_labels_of(train_dataset), _labels_of(test_dataset)])
         smallest, largest = int(labels.min()), int(labels.max())
@@ -248,28 +243,18 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
         return dataset
 
 
+def _size(dataset: Dataset) -> int:
+    # Every dataset here is map-style and has a length; torch's `Dataset` type does not declare
+    # `__len__` (iterable datasets may lack one), so the type checker is told.
+    return len(cast(Sized, dataset))
+
+
 def _labels_of(dataset: Dataset) -> torch.Tensor:
     labels = getattr(dataset, "labels", None)
     if isinstance(labels, torch.Tensor):
         return labels.reshape(-1).long()
     # Fallback for datasets without a labels tensor: reads every sample once.
-    return torch.as_tensor([int(dataset[index][1]) for index in range(len(dataset))])
-
-
-def _check_int(field: str, value: object, minimum: int) -> None:
-    # bool is an int subclass; batch_size=True is a typo, not a batch of one.
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(field, value, f"an integer >= {minimum}")
-
-
-def _check_input_shape(input_shape: object) -> None:
-    allowed = "a non-empty sequence of positive integers, e.g. [3, 32, 32]"
-    if isinstance(input_shape, str | bytes) or not isinstance(input_shape, Sequence):
-        raise ConfigError("data.input_shape", input_shape, allowed)
-    if len(input_shape) == 0 or any(
-        isinstance(size, bool) or not isinstance(size, int) or size < 1 for size in input_shape
-    ):
-        raise ConfigError("data.input_shape", input_shape, allowed)
+    return torch.as_tensor([int(dataset[index][1]) for index in range(_size(dataset))])
 
 
 class IndexedDataset(Dataset):
@@ -279,7 +264,7 @@ class IndexedDataset(Dataset):
         self.dataset = dataset
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return _size(self.dataset)
 
     def __getitem__(self, index: int) -> tuple:
         inputs, label = self.dataset[index]

@@ -19,6 +19,7 @@ from distill.data.cifar_format import (
     write_cifar_batches,
 )
 from distill.errors import ConfigError
+from distill.validate import require_bool
 
 __all__ = [
     "CHANNEL_STATS",
@@ -128,8 +129,7 @@ class CIFARDataModule(ClassificationDataModule):
         )
         if not isinstance(data_dir, str | os.PathLike) or not str(data_dir):
             raise ConfigError("data.data_dir", data_dir, "a path to a folder")
-        if not isinstance(augment, bool):
-            raise ConfigError("data.augment", augment, "true or false")
+        augment = require_bool("data.augment", augment)
         self.data_dir = data_dir
         self.variant = variant
         self.augment = augment

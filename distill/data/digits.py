@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 
 from distill.data.base import ClassificationDataModule, TensorClassificationDataset
 from distill.errors import ConfigError
+from distill.validate import require_real
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 8
@@ -36,13 +37,15 @@ class DigitsDataModule(ClassificationDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(num_classes=num_classes, input_shape=input_shape, **kwargs)
-        if (
-            isinstance(test_fraction, bool)
-            or not isinstance(test_fraction, int | float)
-            or not 0 < test_fraction < 1
-        ):
-            raise ConfigError("data.test_fraction", test_fraction, "a number in (0, 1)")
-        self.test_fraction = float(test_fraction)
+        self.test_fraction = require_real(
+            "data.test_fraction",
+            test_fraction,
+            minimum=0,
+            maximum=1,
+            min_inclusive=False,
+            max_inclusive=False,
+            allowed="a number in (0, 1)",
+        )
 
     def load_datasets(self) -> tuple[Dataset, Dataset]:
         """Load the bundled digits and split off the test set."""

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from distill.data.base import ClassificationDataModule, TensorClassificationDataset
 from distill.errors import ConfigError
+from distill.validate import require_int, require_real
 
 NUM_CLASSES = 10
 SEQUENCE_LENGTH = 40
@@ -49,25 +50,23 @@ class MNIST1DDataModule(ClassificationDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(num_classes=num_classes, input_shape=input_shape, **kwargs)
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 20:
-            raise ConfigError("data.num_samples", num_samples, "an integer >= 20")
-        if isinstance(train_split, bool) or not isinstance(train_split, int | float):
-            raise ConfigError("data.train_split", train_split, "a number in (0, 1)")
+        num_samples = require_int("data.num_samples", num_samples, minimum=20)
+        train_split = require_real("data.train_split", train_split, allowed="a number in (0, 1)")
         num_generated = (num_samples // NUM_CLASSES) * NUM_CLASSES
         num_train = int(num_generated * train_split)  # how make_dataset splits
         if not 0 < train_split < 1 or num_train == 0 or num_train == num_generated:
             raise ConfigError(
                 "data.train_split", train_split, "a number in (0, 1) leaving train and test samples"
             )
-        if (
-            isinstance(generation_seed, bool)
-            or not isinstance(generation_seed, int)
-            or not 0 <= generation_seed < 2**32  # what numpy's global seed accepts
-        ):
-            raise ConfigError("data.generation_seed", generation_seed, "an integer in [0, 2**32)")
+        self.generation_seed = require_int(
+            "data.generation_seed",
+            generation_seed,
+            minimum=0,
+            maximum=2**32 - 1,  # what numpy's global seed accepts
+            allowed="an integer in [0, 2**32)",
+        )
         self.num_samples = num_samples
-        self.train_split = float(train_split)
-        self.generation_seed = generation_seed
+        self.train_split = train_split
 
     def load_datasets(self) -> tuple[Dataset, Dataset]:
         """Generate (or reuse) the arrays and wrap them as datasets."""

@@ -15,8 +15,8 @@ from it (weights, and with them pruning masks and quantization ranges).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sized
+from typing import Any, cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
@@ -29,7 +29,7 @@ class EpochRandomSampler(RandomSampler):
     loader state already says which epoch this is."""
 
     def __init__(self, dataset: Dataset, generator: torch.Generator) -> None:
-        super().__init__(dataset, generator=generator)
+        super().__init__(cast(Sized, dataset), generator=generator)  # map-style: has a len
         self.epoch = 0
         self.follow_set_epoch = True
 
@@ -54,7 +54,8 @@ class ResumableDataLoader(DataLoader):
         if shuffle and kwargs.get("sampler") is None and kwargs.get("batch_sampler") is None:
             kwargs["sampler"] = EpochRandomSampler(dataset, generator)
             shuffle = False
-        super().__init__(dataset, *args, shuffle=shuffle, generator=generator, **kwargs)
+        kwargs.update(shuffle=shuffle, generator=generator)
+        super().__init__(dataset, *args, **kwargs)
         self.seed = int(generator.initial_seed())
         self._yielded = 0
         self._exhausted = False
@@ -65,7 +66,9 @@ class ResumableDataLoader(DataLoader):
     def _epoch_sampler(self) -> EpochRandomSampler | None:
         return self.sampler if isinstance(self.sampler, EpochRandomSampler) else None
 
-    def __iter__(self) -> Iterator[Any]:
+    # A generator, not a `_BaseDataLoaderIter`: it wraps the parent's iterator to count and skip
+    # batches, and Lightning only iterates it.
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         sampler = self._epoch_sampler
         if sampler is not None:
             # The sampler and the worker seeds draw from the generator when iteration starts,

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
-import numbers
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 from distill.errors import ConfigError
 from distill.files import atomic_write, atomic_write_json
 from distill.summary import artifact
+from distill.validate import is_int, require_choice, require_int, require_real
 
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
@@ -114,8 +113,7 @@ def _validate(rows: Sequence[Mapping[str, Any]], baseline: str) -> list[dict[str
                 raise ConfigError(f"rows[{name}].{field}", value, "a string or None")
         out["runtime"] = row.get("runtime")
         clean.append(out)
-    if baseline not in names:
-        raise ConfigError("report.baseline", baseline, f"one of {', '.join(names)}")
+    require_choice("report.baseline", baseline, names, allowed=f"one of {', '.join(names)}")
     return clean
 
 
@@ -123,23 +121,20 @@ def _number(value: Any, kind: str, field: str, allowed: str) -> int | float | No
     """`value` as a plain int or float (numpy scalars included), or ConfigError."""
     if value is None:
         return None
-    # bool is an int subclass, but True where a size belongs is a caller's bug.
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigError(field, value, allowed)
-    integral = isinstance(value, numbers.Integral)
-    number: int | float = int(value) if integral else float(value)
-    if not math.isfinite(number):
-        raise ConfigError(field, value, allowed)
-    ok = {
-        "fraction": 0.0 <= number <= 1.0,
-        "positive_int": integral and number > 0,
-        "count": integral and number >= 0,
-        "non_negative": number >= 0,
-        "positive": number > 0,
+    if kind == "positive_int":
+        return require_int(field, value, minimum=1, allowed=allowed)
+    if kind == "count":
+        return require_int(field, value, minimum=0, allowed=allowed)
+    minimum, maximum, min_inclusive = {
+        "fraction": (0.0, 1.0, True),
+        "non_negative": (0.0, None, True),
+        "positive": (0.0, None, False),
     }[kind]
-    if not ok:
-        raise ConfigError(field, value, allowed)
-    return number
+    number = require_real(
+        field, value, minimum, maximum, min_inclusive=min_inclusive, allowed=allowed
+    )
+    # An integral measurement (macs=1200) stays an int in report.json.
+    return int(value) if is_int(value) else number
 
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:

@@ -18,7 +18,6 @@ Parameters. Removal is therefore a stage boundary after training, and works on a
 from __future__ import annotations
 
 import copy
-import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +29,7 @@ from torch.nn.utils import parametrize
 from torch_pruning.ops import OPTYPE
 
 from distill.errors import ConfigError
+from distill.validate import require_real
 
 ExampleInputs = Tensor | Sequence[Tensor]
 
@@ -118,8 +118,10 @@ def remove_zero_channels(
     a difference above `atol` raises RuntimeError, since a removal that changes the outputs must
     never be saved silently. The input model is not modified.
     """
-    if isinstance(atol, bool) or not isinstance(atol, numbers.Real) or not atol > 0:
-        raise ConfigError("atol", atol, "a positive number")
+    # inf is allowed, as before: any finite difference then passes (shapes are still checked).
+    atol = require_real(
+        "atol", atol, minimum=0, min_inclusive=False, finite=False, allowed="a positive number"
+    )
     slim, inputs = _prepare(model, example_inputs)
     reference = copy.deepcopy(model).eval()
     graph, output_grad_fns = _build_graph(slim, inputs)

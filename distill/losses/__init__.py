@@ -8,7 +8,7 @@ CorrelationCongruence (Peng 2019), ContrastiveRepresentationKD (Tian 2020).
 """
 
 from distill.losses.at import AttentionTransfer, attention_map, attention_transfer
-from distill.losses.base import LossTerm, StepOutputs, WeightedSum, check_positive, check_weight
+from distill.losses.base import LossTerm, StepOutputs, WeightedSum
 from distill.losses.cc import CorrelationCongruence, correlation_congruence
 from distill.losses.ce import CrossEntropy, cross_entropy
 from distill.losses.crd import ContrastiveRepresentationKD, nce_loss
@@ -47,8 +47,6 @@ __all__ = [
     "WeightedSum",
     "attention_map",
     "attention_transfer",
-    "check_positive",
-    "check_weight",
     "correlation_congruence",
     "cross_entropy",
     "decoupled_kd",

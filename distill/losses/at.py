@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.losses.base import check_real
 from distill.losses.features import FeatureLossTerm
+from distill.validate import require_real
 
 
 def attention_map(feature: Tensor, p: float = 2.0) -> Tensor:
@@ -68,7 +68,9 @@ class AttentionTransfer(FeatureLossTerm):
     ) -> None:
         super().__init__(student, teacher, weight=weight)
         # Below 1, |f|^p has an infinite slope at 0, and ReLU features are often exactly 0.
-        self.p = check_real(p, "p", 1.0, "a finite number >= 1 (the paper uses 2)")
+        self.p = require_real(
+            "p", p, minimum=1.0, allowed="a finite number >= 1 (the paper uses 2)"
+        )
 
     def pair_loss(self, student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
         return attention_transfer(student_feature, teacher_feature, self.p)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -10,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.errors import ConfigError
+from distill.validate import require_real
 
 
 @dataclass
@@ -32,10 +32,18 @@ class StepOutputs:
     ensemble_logits: list[Tensor] | None = None
     ensemble_weights: Tensor | None = None
 
+    def require_teacher_logits(self) -> Tensor:
+        """`teacher_logits`, for a term that needs them; RuntimeError when none were given."""
+        if self.teacher_logits is None:
+            raise RuntimeError("teacher logits are needed, and none were given")
+        return self.teacher_logits
+
     def teacher_probabilities(self, temperature: float) -> Tensor:
         """The teacher's soft targets at `temperature`, combined over an ensemble's teachers."""
         if self.ensemble_logits is None:
-            return (self.teacher_logits / temperature).softmax(dim=-1)
+            return (self.require_teacher_logits() / temperature).softmax(dim=-1)
+        if self.ensemble_weights is None:
+            raise RuntimeError("ensemble_logits were given without their ensemble_weights")
         return combine_soft_targets(self.ensemble_logits, self.ensemble_weights, temperature)
 
 
@@ -58,7 +66,8 @@ class LossTerm(nn.Module):
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
-        self.weight = check_weight(weight)
+        # A finite number >= 0: a negative weight would reward the term's error.
+        self.weight = require_real("weight", weight, minimum=0)
 
     @property
     def student_taps(self) -> list[str]:
@@ -89,39 +98,6 @@ class LossTerm(nn.Module):
         if self.requires_teacher and outputs.teacher_logits is None:
             raise RuntimeError(f"{type(self).__name__} needs teacher logits, and none were given")
         return self.compute(outputs)
-
-
-def check_positive(value: float, field: str) -> float:
-    """A setting such as a temperature must be a finite number > 0."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ConfigError(field, value, "a finite number > 0")
-    return float(value)
-
-
-def check_real(value: float, field: str, minimum: float, allowed: str) -> float:
-    """A finite number >= `minimum`, or a ConfigError saying what is `allowed`."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < minimum
-    ):
-        raise ConfigError(field, value, allowed)
-    return float(value)
-
-
-def check_weight(weight: float, field: str = "weight") -> float:
-    """A term's weight must be a finite, non-negative number."""
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-        raise ConfigError(field, weight, "a finite number >= 0")
-    if not math.isfinite(weight) or weight < 0:
-        raise ConfigError(field, weight, "a finite number >= 0")
-    return float(weight)
 
 
 class WeightedSum(nn.Module):

@@ -8,9 +8,8 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.errors import ConfigError
-from distill.losses.base import check_positive
 from distill.losses.features import FeatureLossTerm, batch_vectors
+from distill.validate import require_int, require_positive
 
 
 def taylor_rbf_correlation(vectors: Tensor, gamma: float = 0.4, order: int = 2) -> Tensor:
@@ -67,11 +66,9 @@ class CorrelationCongruence(FeatureLossTerm):
     ) -> None:
         super().__init__(student, teacher, weight=weight, adapter=adapter)
         # gamma = 0 makes the kernel constant and the loss identically 0.
-        self.gamma = check_positive(gamma, "gamma")
-        if isinstance(order, bool) or not isinstance(order, int) or order < 1:
-            # order 0 keeps only the constant term: the loss would be identically 0.
-            raise ConfigError("order", order, "an integer >= 1, e.g. 2")
-        self.order = order
+        self.gamma = require_positive("gamma", gamma)
+        # order 0 keeps only the constant term: the loss would be identically 0.
+        self.order = require_int("order", order, minimum=1, allowed="an integer >= 1, e.g. 2")
 
     def pair_loss(self, student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
         return correlation_congruence(student_feature, teacher_feature, self.gamma, self.order)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.errors import ConfigError
 from distill.losses.base import LossTerm, StepOutputs
+from distill.validate import require_fraction
 
 
 def cross_entropy(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
@@ -19,9 +19,7 @@ class CrossEntropy(LossTerm):
 
     def __init__(self, weight: float = 1.0, label_smoothing: float = 0.0) -> None:
         super().__init__(weight)
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ConfigError("label_smoothing", label_smoothing, "a number in [0, 1)")
-        self.label_smoothing = float(label_smoothing)
+        self.label_smoothing = require_fraction("label_smoothing", label_smoothing)
 
     def compute(self, outputs: StepOutputs) -> Tensor:
         return cross_entropy(outputs.student_logits, outputs.targets, self.label_smoothing)

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from distill.errors import ConfigError
 from distill.losses.base import StepOutputs
 from distill.losses.features import FeatureLossTerm, as_tap_list
+from distill.validate import require_fraction, require_int, require_positive
 
 _MASK64 = (1 << 64) - 1
 
@@ -88,12 +89,6 @@ def step_seed(seed: int, step: int) -> int:
     return (value ^ (value >> 31)) & ((1 << 63) - 1)
 
 
-def _positive_int(field: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(field, value, "an integer >= 1")
-    return value
-
-
 def _single_tap(field: str, value: str | Sequence[str]) -> str:
     taps = as_tap_list(value, field)
     if len(taps) != 1:
@@ -135,6 +130,7 @@ class ContrastiveRepresentationKD(FeatureLossTerm):
     student_bank: Tensor
     teacher_bank: Tensor
     sampling_step: Tensor
+    log_normalizer: Tensor
 
     def __init__(
         self,
@@ -150,26 +146,11 @@ class ContrastiveRepresentationKD(FeatureLossTerm):
         student_tap = _single_tap("student", student)
         teacher_tap = _single_tap("teacher", teacher)
         super().__init__(student_tap, teacher_tap, weight=weight, adapter="none")
-        self.feat_dim = _positive_int("feat_dim", feat_dim)
-        self.num_negatives = _positive_int("num_negatives", num_negatives)
-        if (
-            isinstance(temperature, bool)
-            or not isinstance(temperature, (int, float))
-            or not math.isfinite(temperature)
-            or temperature <= 0
-        ):
-            raise ConfigError("temperature", temperature, "a finite number > 0")
-        self.temperature = float(temperature)
-        if (
-            isinstance(momentum, bool)
-            or not isinstance(momentum, (int, float))
-            or not 0.0 <= momentum < 1.0
-        ):
-            raise ConfigError("momentum", momentum, "a number in [0, 1)")
-        self.momentum = float(momentum)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ConfigError("seed", seed, "an integer")
-        self.seed = seed
+        self.feat_dim = require_int("feat_dim", feat_dim, minimum=1)
+        self.num_negatives = require_int("num_negatives", num_negatives, minimum=1)
+        self.temperature = require_positive("temperature", temperature)
+        self.momentum = require_fraction("momentum", momentum)
+        self.seed = require_int("seed", seed)
         self.num_data = 0
         self.effective_num_negatives = 0
         self.student_head: nn.Linear | None = None
@@ -261,17 +242,19 @@ class ContrastiveRepresentationKD(FeatureLossTerm):
                     self.log_normalizer[direction] = self.estimate_log_normalizer(
                         anchor, positive, negative
                     )
-        loss = sum(
-            nce_loss(
-                anchor,
-                positive,
-                negative,
-                self.temperature,
-                self.num_data,
-                self.log_normalizer[direction],
-            )
-            for direction, (anchor, positive, negative) in enumerate(directions)
-        )
+        loss = torch.stack(
+            [
+                nce_loss(
+                    anchor,
+                    positive,
+                    negative,
+                    self.temperature,
+                    self.num_data,
+                    self.log_normalizer[direction],
+                )
+                for direction, (anchor, positive, negative) in enumerate(directions)
+            ]
+        ).sum()
         if self.training:
             momentum_update(self.student_bank, indices, student_embedding, self.momentum)
             momentum_update(self.teacher_bank, indices, teacher_embedding, self.momentum)

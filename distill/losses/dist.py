@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from distill.losses.base import LossTerm, StepOutputs, check_positive, check_weight
+from distill.losses.base import LossTerm, StepOutputs
+from distill.validate import require_positive, require_real
 
 # Keeps the correlation finite for a constant vector (e.g. one class across a batch of one),
 # where it is undefined; such a vector then counts as uncorrelated.
@@ -60,14 +61,14 @@ class DISTLoss(LossTerm):
         weight: float = 1.0,
     ) -> None:
         super().__init__(weight)
-        self.beta = check_weight(beta, "beta")
-        self.gamma = check_weight(gamma, "gamma")
-        self.temperature = check_positive(temperature, "temperature")
+        self.beta = require_real("beta", beta, minimum=0)
+        self.gamma = require_real("gamma", gamma, minimum=0)
+        self.temperature = require_positive("temperature", temperature)
 
     def compute(self, outputs: StepOutputs) -> Tensor:
         return dist_loss(
             outputs.student_logits,
-            outputs.teacher_logits,
+            outputs.require_teacher_logits(),
             self.beta,
             self.gamma,
             self.temperature,

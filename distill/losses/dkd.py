@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.losses.base import LossTerm, StepOutputs, check_positive, check_weight
+from distill.losses.base import LossTerm, StepOutputs
+from distill.validate import require_positive, require_real
 
 
 def _binary_and_non_target_log_probs(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -70,14 +71,14 @@ class DecoupledKD(LossTerm):
         weight: float = 1.0,
     ) -> None:
         super().__init__(weight)
-        self.alpha = check_weight(alpha, "alpha")
-        self.beta = check_weight(beta, "beta")
-        self.temperature = check_positive(temperature, "temperature")
+        self.alpha = require_real("alpha", alpha, minimum=0)
+        self.beta = require_real("beta", beta, minimum=0)
+        self.temperature = require_positive("temperature", temperature)
 
     def compute(self, outputs: StepOutputs) -> Tensor:
         return decoupled_kd(
             outputs.student_logits,
-            outputs.teacher_logits,
+            outputs.require_teacher_logits(),
             outputs.targets,
             self.alpha,
             self.beta,

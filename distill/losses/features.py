@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from distill.errors import ConfigError
 from distill.losses.base import LossTerm, StepOutputs
+from distill.validate import require_choice
 
 ADAPTERS = ("auto", "none")
 
@@ -133,9 +134,7 @@ class FeatureLossTerm(LossTerm):
                 self._teacher_taps,
                 f"as many teacher taps as student taps ({len(self._student_taps)}), in pairs",
             )
-        if adapter not in ADAPTERS:
-            raise ConfigError("adapter", adapter, f"one of {ADAPTERS}")
-        self.adapter_mode = adapter
+        self.adapter_mode = require_choice("adapter", adapter, ADAPTERS)
         self.adapters = nn.ModuleList()
 
     @property

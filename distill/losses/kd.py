@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.losses.base import LossTerm, StepOutputs, check_positive
+from distill.losses.base import LossTerm, StepOutputs
+from distill.validate import require_positive
 
 
 def soft_target_kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -36,7 +37,7 @@ class SoftTargetKD(LossTerm):
 
     def __init__(self, temperature: float = 4.0, weight: float = 1.0) -> None:
         super().__init__(weight)
-        self.temperature = check_positive(temperature, "temperature")
+        self.temperature = require_positive("temperature", temperature)
 
     def compute(self, outputs: StepOutputs) -> Tensor:
         if outputs.ensemble_logits is not None:
@@ -45,4 +46,6 @@ class SoftTargetKD(LossTerm):
             return soft_target_kd_from_probabilities(
                 outputs.student_logits, targets, self.temperature
             )
-        return soft_target_kd(outputs.student_logits, outputs.teacher_logits, self.temperature)
+        return soft_target_kd(
+            outputs.student_logits, outputs.require_teacher_logits(), self.temperature
+        )

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from distill.losses.base import LossTerm, StepOutputs, check_positive
+from distill.losses.base import LossTerm, StepOutputs
 from distill.losses.kd import soft_target_kd
+from distill.validate import require_positive
 
 
 def standardize_logits(logits: Tensor, eps: float = 1e-7) -> Tensor:
@@ -44,7 +45,9 @@ class StandardizedKD(LossTerm):
 
     def __init__(self, temperature: float = 2.0, weight: float = 1.0) -> None:
         super().__init__(weight)
-        self.temperature = check_positive(temperature, "temperature")
+        self.temperature = require_positive("temperature", temperature)
 
     def compute(self, outputs: StepOutputs) -> Tensor:
-        return standardized_kd(outputs.student_logits, outputs.teacher_logits, self.temperature)
+        return standardized_kd(
+            outputs.student_logits, outputs.require_teacher_logits(), self.temperature
+        )

@@ -7,9 +7,8 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.errors import ConfigError
-from distill.losses.base import check_real
 from distill.losses.features import FeatureLossTerm
+from distill.validate import require_int, require_real
 
 
 def channel_patterns(feature: Tensor) -> Tensor:
@@ -78,10 +77,12 @@ class NeuronSelectivityTransfer(FeatureLossTerm):
         weight: float = 1.0,
     ) -> None:
         super().__init__(student, teacher, weight=weight)
-        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
-            raise ConfigError("degree", degree, "an integer >= 1 (the paper's best is 2)")
-        self.degree = degree
-        self.c = check_real(c, "c", 0.0, "a finite number >= 0 (the paper's best is 0)")
+        self.degree = require_int(
+            "degree", degree, minimum=1, allowed="an integer >= 1 (the paper's best is 2)"
+        )
+        self.c = require_real(
+            "c", c, minimum=0.0, allowed="a finite number >= 0 (the paper's best is 0)"
+        )
 
     def pair_loss(self, student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
         return nst_mmd(student_feature, teacher_feature, self.degree, self.c)

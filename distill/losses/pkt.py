@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.losses.base import check_positive
 from distill.losses.features import FeatureLossTerm, batch_vectors
+from distill.validate import require_positive
 
 
 def neighbour_probabilities(vectors: Tensor, eps: float = 1e-7) -> Tensor:
@@ -66,7 +66,7 @@ class PKT(FeatureLossTerm):
         adapter: str = "auto",
     ) -> None:
         super().__init__(student, teacher, weight=weight, adapter=adapter)
-        self.eps = check_positive(eps, "eps")
+        self.eps = require_positive("eps", eps)
 
     def pair_loss(self, student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
         return probabilistic_transfer(student_feature, teacher_feature, self.eps)

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distill.errors import ConfigError
-from distill.losses.base import check_weight
 from distill.losses.features import FeatureLossTerm, batch_vectors
+from distill.validate import require_real
 
 # Difference vectors shorter than this are treated as "same point": no angle, no gradient.
 _MIN_DIFFERENCE_NORM = 1e-12
@@ -108,8 +108,8 @@ class RelationalKD(FeatureLossTerm):
         adapter: str = "auto",
     ) -> None:
         super().__init__(student, teacher, weight=weight, adapter=adapter)
-        self.distance_weight = check_weight(distance_weight, "distance_weight")
-        self.angle_weight = check_weight(angle_weight, "angle_weight")
+        self.distance_weight = require_real("distance_weight", distance_weight, minimum=0)
+        self.angle_weight = require_real("angle_weight", angle_weight, minimum=0)
         if self.distance_weight == 0 and self.angle_weight == 0:
             raise ConfigError(
                 "angle_weight", angle_weight, "> 0 when distance_weight is 0 (else RKD is 0)"

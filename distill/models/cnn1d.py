@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from distill.models import _checks
+from distill.validate import require_bool, require_int, require_ints
 
 
 class ConvNet1D(nn.Module):
@@ -38,12 +38,12 @@ class ConvNet1D(nn.Module):
         batch_norm: bool = True,
     ) -> None:
         super().__init__()
-        shape = _checks.positive_ints("input_shape", input_shape, lengths=(1, 2))
+        shape = require_ints("input_shape", input_shape, lengths=(1, 2))
         self.input_shape = shape if len(shape) == 2 else (1, shape[0])
-        self.num_classes = _checks.positive_int("num_classes", num_classes)
-        channels = _checks.positive_ints("channels", channels)
-        kernel_size = _checks.positive_int("kernel_size", kernel_size)
-        batch_norm = _checks.flag("batch_norm", batch_norm)
+        self.num_classes = require_int("num_classes", num_classes, minimum=1)
+        channels = require_ints("channels", channels)
+        kernel_size = require_int("kernel_size", kernel_size, minimum=1)
+        batch_norm = require_bool("batch_norm", batch_norm)
 
         padding = kernel_size // 2
         in_channels, length = self.input_shape

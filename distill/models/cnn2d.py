@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from distill.models import _checks
+from distill.validate import require_bool, require_int, require_ints
 
 
 class SmallCNN(nn.Module):
@@ -33,10 +33,10 @@ class SmallCNN(nn.Module):
         batch_norm: bool = True,
     ) -> None:
         super().__init__()
-        self.input_shape = _checks.positive_ints("input_shape", input_shape, lengths=(3,))
-        self.num_classes = _checks.positive_int("num_classes", num_classes)
-        channels = _checks.positive_ints("channels", channels)
-        batch_norm = _checks.flag("batch_norm", batch_norm)
+        self.input_shape = require_ints("input_shape", input_shape, lengths=(3,))
+        self.num_classes = require_int("num_classes", num_classes, minimum=1)
+        channels = require_ints("channels", channels)
+        batch_norm = require_bool("batch_norm", batch_norm)
 
         in_channels, height, width = self.input_shape
         layers: list[nn.Module] = []

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from distill.models import _checks
+from distill.validate import require_fraction, require_int, require_ints
 
 
 class MLP(nn.Module):
@@ -32,10 +32,10 @@ class MLP(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.input_shape = _checks.positive_ints("input_shape", input_shape)
-        self.num_classes = _checks.positive_int("num_classes", num_classes)
-        hidden_sizes = _checks.positive_ints("hidden_sizes", hidden_sizes)
-        dropout = _checks.dropout_probability("dropout", dropout)
+        self.input_shape = require_ints("input_shape", input_shape)
+        self.num_classes = require_int("num_classes", num_classes, minimum=1)
+        hidden_sizes = require_ints("hidden_sizes", hidden_sizes)
+        dropout = require_fraction("dropout", dropout)
 
         layers: list[nn.Module] = []
         in_features = math.prod(self.input_shape)

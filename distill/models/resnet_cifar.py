@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.errors import ConfigError
-from distill.models import _checks
 from distill.models._init import init_resnet_weights
+from distill.validate import require_int, require_ints
 
 
 class BasicBlock(nn.Module):
@@ -69,12 +69,12 @@ class CifarResNet(nn.Module):
         in_channels: int = 3,
     ) -> None:
         super().__init__()
-        depth = _checks.positive_int("depth", depth)
+        depth = require_int("depth", depth, minimum=1)
         if depth < 8 or (depth - 2) % 6 != 0:
             raise ConfigError("depth", depth, "6n + 2 with n >= 1, e.g. 8, 14, 20, 32, 56, 110")
-        widths = _checks.positive_ints("widths", widths, lengths=(4,))
-        self.num_classes = _checks.positive_int("num_classes", num_classes)
-        in_channels = _checks.positive_int("in_channels", in_channels)
+        widths = require_ints("widths", widths, lengths=(4,))
+        self.num_classes = require_int("num_classes", num_classes, minimum=1)
+        in_channels = require_int("in_channels", in_channels, minimum=1)
         self.depth = depth
         blocks_per_stage = (depth - 2) // 6
 

@@ -13,17 +13,17 @@ import torch
 from torch import Tensor, nn
 
 from distill.errors import ConfigError
-from distill.models import _checks
+from distill.validate import require_bool, require_fraction, require_int, require_ints
 
 
 def _sequence_shape(input_shape: Sequence[int]) -> tuple[int, int]:
     """`(channels, length)` from `input_shape`, where `(length,)` means one channel."""
-    shape = _checks.positive_ints("input_shape", input_shape, lengths=(1, 2))
+    shape = require_ints("input_shape", input_shape, lengths=(1, 2))
     return (shape[0], shape[1]) if len(shape) == 2 else (1, shape[0])
 
 
 def _patch_size(value: int, length: int) -> int:
-    patch_size = _checks.positive_int("patch_size", value)
+    patch_size = require_int("patch_size", value, minimum=1)
     if length % patch_size:
         raise ConfigError("patch_size", value, f"an integer >= 1 that divides the length {length}")
     return patch_size
@@ -68,10 +68,10 @@ class GRUClassifier(nn.Module):
     ) -> None:
         super().__init__()
         self.input_shape = _sequence_shape(input_shape)
-        self.num_classes = _checks.positive_int("num_classes", num_classes)
-        hidden_size = _checks.positive_int("hidden_size", hidden_size)
-        num_layers = _checks.positive_int("num_layers", num_layers)
-        bidirectional = _checks.flag("bidirectional", bidirectional)
+        self.num_classes = require_int("num_classes", num_classes, minimum=1)
+        hidden_size = require_int("hidden_size", hidden_size, minimum=1)
+        num_layers = require_int("num_layers", num_layers, minimum=1)
+        bidirectional = require_bool("bidirectional", bidirectional)
         channels, length = self.input_shape
         self.patch_size = _patch_size(patch_size, length)
 
@@ -135,16 +135,16 @@ class TransformerClassifier(nn.Module):
     ) -> None:
         super().__init__()
         self.input_shape = _sequence_shape(input_shape)
-        self.num_classes = _checks.positive_int("num_classes", num_classes)
-        d_model = _checks.positive_int("d_model", d_model)
-        num_heads = _checks.positive_int("num_heads", num_heads)
+        self.num_classes = require_int("num_classes", num_classes, minimum=1)
+        d_model = require_int("d_model", d_model, minimum=1)
+        num_heads = require_int("num_heads", num_heads, minimum=1)
         if d_model % num_heads:
             raise ConfigError(
                 "num_heads", num_heads, f"an integer >= 1 that divides d_model={d_model}"
             )
-        num_layers = _checks.positive_int("num_layers", num_layers)
-        dim_feedforward = _checks.positive_int("dim_feedforward", dim_feedforward)
-        dropout = _checks.dropout_probability("dropout", dropout)
+        num_layers = require_int("num_layers", num_layers, minimum=1)
+        dim_feedforward = require_int("dim_feedforward", dim_feedforward, minimum=1)
+        dropout = require_fraction("dropout", dropout)
         channels, length = self.input_shape
         self.patch_size = _patch_size(patch_size, length)
 

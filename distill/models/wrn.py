@@ -6,8 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from distill.errors import ConfigError
-from distill.models import _checks
 from distill.models._init import init_resnet_weights
+from distill.validate import require_fraction, require_int
 
 
 class WideBasicBlock(nn.Module):
@@ -66,13 +66,13 @@ class WideResNet(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        depth = _checks.positive_int("depth", depth)
+        depth = require_int("depth", depth, minimum=1)
         if depth < 10 or (depth - 4) % 6 != 0:
             raise ConfigError("depth", depth, "6n + 4 with n >= 1, e.g. 10, 16, 28, 40")
-        widen_factor = _checks.positive_int("widen_factor", widen_factor)
-        self.num_classes = _checks.positive_int("num_classes", num_classes)
-        in_channels = _checks.positive_int("in_channels", in_channels)
-        dropout = _checks.dropout_probability("dropout", dropout)
+        widen_factor = require_int("widen_factor", widen_factor, minimum=1)
+        self.num_classes = require_int("num_classes", num_classes, minimum=1)
+        in_channels = require_int("in_channels", in_channels, minimum=1)
+        dropout = require_fraction("dropout", dropout)
         self.depth = depth
         self.widen_factor = widen_factor
         blocks_per_stage = (depth - 4) // 6
