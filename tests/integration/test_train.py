@@ -7,6 +7,8 @@ import json
 import pytest
 import torch
 
+from distill import run_summary
+from distill.cli.train import _train as hydra_task
 from distill.errors import ConfigError
 from distill.pipeline import train
 
@@ -36,7 +38,7 @@ DIGITS = [
 ]
 
 
-def test_digits_run_end_to_end_then_reuses_the_cached_teacher(compose_cfg, tmp_path):
+def test_digits_run_end_to_end_then_reuses_the_cached_teacher(compose_cfg, tmp_path, monkeypatch):
     summary = train(compose_cfg(*DIGITS))
     assert summary["student"]["test_acc"] >= 0.90
     assert summary["teacher"]["test_acc"] >= 0.90
@@ -54,9 +56,21 @@ def test_digits_run_end_to_end_then_reuses_the_cached_teacher(compose_cfg, tmp_p
 
     # The same recipe in another run directory: the teacher comes from the cache, and the
     # student's run is the same as when the teacher was trained first in the same process.
-    cfg = compose_cfg(*DIGITS, root=tmp_path / "second")
+    # This time through the Hydra task itself, which returns the metric a sweeper optimizes,
+    # and summary.json is written once.
+    cfg = compose_cfg(*DIGITS, "optimized_metric=student.agreement", root=tmp_path / "second")
     cfg.paths.cache_dir = str(tmp_path / "cache")
-    again = train(cfg)
+    writes = []
+    real_write = run_summary.atomic_write_json
+    monkeypatch.setattr(
+        run_summary,
+        "atomic_write_json",
+        lambda path, data: writes.append(path) or real_write(path, data),
+    )
+    returned = hydra_task.__wrapped__(cfg)
+    assert writes == [tmp_path / "second" / "run" / "summary.json"]
+    again = json.loads(writes[0].read_text())
+    assert returned == again["student"]["agreement"]
     assert again["teacher"]["origin"] == "cache"
     assert again["teacher"]["cache_key"] == summary["teacher"]["cache_key"]
     assert again["teacher"]["test_acc"] == summary["teacher"]["test_acc"]
@@ -81,6 +95,7 @@ def test_a_run_directory_is_never_reused(compose_cfg, tmp_path):
         ("loss.ce.weight=-0.5", "loss.ce.weight"),
         ("teacher.checkpoint=/nonexistent/teacher.pt", "teacher.checkpoint"),
         ("data.batch_size=0", "data.batch_size"),
+        ("optimized_metric=accuracy", "optimized_metric"),
     ],
 )
 def test_bad_input_stops_before_training_and_writes_nothing(override, field, compose_cfg, tmp_path):
