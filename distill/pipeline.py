@@ -23,9 +23,9 @@ from torch import nn
 
 from distill.checks import check_fits_data, ensure_fresh_run_dir
 from distill.compression import (
-    ChannelPruning,
     PruningCallback,
     QuantizationCallback,
+    SparsityLogger,
     bake_into,
 )
 from distill.config import build, build_named
@@ -81,7 +81,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if pruning is not None:
         # Masks go on before anything sees the student, so checkpoint keys never change.
         pruning.attach(student, datamodule.example_input_batch(2))
-        callbacks.append(pruning)
+        callbacks += [pruning, SparsityLogger(pruning)]
     quantization: QuantizationCallback | None = (
         build(cfg.quantization, "quantization") if cfg.get("quantization") else None
     )
@@ -155,7 +155,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "student": artifact(student_path, run_dir),
         "student_state": artifact(state_path, run_dir),
     }
-    if pruning is not None and isinstance(pruning.criterion, ChannelPruning):
+    if pruning is not None and pruning.removes_channels:
         artifacts["slim"] = save_slim(plain_student, datamodule.example_input_batch(2), run_dir)
     if best:
         artifacts["checkpoint_best"] = artifact(Path(best), run_dir)
