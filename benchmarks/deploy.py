@@ -228,9 +228,7 @@ def latency_at(channel_sparsity: float) -> None:
     dense = make_resnet20().eval()
 
     model = copy.deepcopy(dense)
-    pruning = PruningCallback(
-        ChannelPruning("l1"), OneShotSchedule(sparsity=channel_sparsity, at=0)
-    )
+    pruning = PruningCallback(ChannelPruning(), OneShotSchedule(sparsity=channel_sparsity, at=0))
     pruning.attach(model, example)
     pruning.apply(model, t=0)  # the final (and only) update
     qat = quantize(model, example)

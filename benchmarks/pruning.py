@@ -122,7 +122,7 @@ def step_section() -> None:
 def slimmed(model: nn.Module, fresh: nn.Module, example: torch.Tensor):
     """Prune 50% of the channels as training does (one-shot L1), bake, remove zero channels."""
     pruning = PruningCallback(
-        ChannelPruning("l1"), OneShotSchedule(sparsity=0.5, at=0), keep_first_last_dense=True
+        ChannelPruning(), OneShotSchedule(sparsity=0.5, at=0), keep_first_last_dense=True
     )
     pruning.attach(model, example)
     pruning.apply(model, t=0)

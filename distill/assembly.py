@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from distill.checks import check_fits_data
-from distill.compression import PruningCallback, QuantizationCallback
+from distill.compression import PruningCallback, QuantizationCallback, SparsityLogger
 from distill.config import build, build_named
 from distill.data import ClassificationDataModule
 from distill.ensemble import TeacherEnsemble
@@ -35,10 +35,13 @@ class Compression:
 
     pruning: PruningCallback | None = None
     quantization: QuantizationCallback | None = None
+    # Observes the pruning callback's updates; after it, so it logs in the same hook.
+    sparsity_logger: SparsityLogger | None = None
 
     @property
     def callbacks(self) -> list[pl.Callback]:
-        return [c for c in (self.pruning, self.quantization) if c is not None]
+        callbacks = (self.pruning, self.sparsity_logger, self.quantization)
+        return [callback for callback in callbacks if callback is not None]
 
 
 def attach_compression(
@@ -54,6 +57,7 @@ def attach_compression(
     if cfg.get("pruning"):
         compression.pruning = build(cfg.pruning, "pruning")
         compression.pruning.attach(student, example_inputs)
+        compression.sparsity_logger = SparsityLogger(compression.pruning)
     if cfg.get("quantization"):
         compression.quantization = build(cfg.quantization, "quantization")
         compression.quantization.resolve_epochs(max_epochs)

@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from distill.compression.selection import PRUNABLE_TYPES
+# Re-exported: summary.json's sparsity and the logged metrics share one implementation.
+from distill.compression.sparsity import weight_sparsity as weight_sparsity
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -20,20 +21,6 @@ def count_parameters(model: nn.Module) -> int:
 
 def count_nonzero_parameters(model: nn.Module) -> int:
     return sum(int(torch.count_nonzero(p)) for p in model.parameters())
-
-
-def weight_sparsity(model: nn.Module) -> tuple[float, dict[str, float]]:
-    """Fraction of exactly-zero weights, over all conv/linear weights and per layer."""
-    layers: dict[str, float] = {}
-    zeros = total = 0
-    for name, module in model.named_modules():
-        if isinstance(module, PRUNABLE_TYPES):
-            weight = module.weight.detach()
-            layer_zeros = int((weight == 0).sum())
-            layers[name] = layer_zeros / weight.numel()
-            zeros += layer_zeros
-            total += weight.numel()
-    return (zeros / total if total else 0.0), layers
 
 
 def artifact(path: Path, run_dir: Path) -> dict[str, Any]:

@@ -2,6 +2,13 @@
 quantization, weight sharing, and the callbacks that drive them."""
 
 from distill.compression.activation_sites import ActivationSites, find_activation_sites
+from distill.compression.channel_scores import (
+    BNGammaScore,
+    ChannelScore,
+    L1Score,
+    L2Score,
+    TaylorScore,
+)
 from distill.compression.criteria import (
     bn_gamma_scores,
     channel_mask,
@@ -23,8 +30,20 @@ from distill.compression.masks import (
     get_mask,
     set_mask,
 )
-from distill.compression.pruners import ChannelPruning, Magnitude, NMSparsity, RandomPruning
+from distill.compression.pruners import (
+    ChannelPruning,
+    Magnitude,
+    NMSparsity,
+    PruningCriterion,
+    RandomPruning,
+    WeightCriterion,
+)
 from distill.compression.pruning_callback import PruningCallback
+from distill.compression.pruning_strategies import (
+    ChannelGroupStrategy,
+    PruningStrategy,
+    UnstructuredStrategy,
+)
 from distill.compression.quantization_callback import QuantizationCallback, WeightSharingSettings
 from distill.compression.schedules import (
     AGPSchedule,
@@ -34,22 +53,35 @@ from distill.compression.schedules import (
     SparsitySchedule,
 )
 from distill.compression.sharing import SharedWeights, attach_weight_sharing, kmeans_1d
+from distill.compression.sparsity import sparsity_metrics, weight_sparsity
+from distill.compression.sparsity_logger import SparsityLogger
 
 __all__ = [
     "AGPSchedule",
     "ActivationFakeQuant",
     "ActivationSites",
+    "BNGammaScore",
+    "ChannelGroupStrategy",
     "ChannelPruning",
+    "ChannelScore",
     "IterativeSchedule",
+    "L1Score",
+    "L2Score",
     "LinearSchedule",
     "Magnitude",
     "NMSparsity",
     "OneShotSchedule",
     "PruningCallback",
+    "PruningCriterion",
+    "PruningStrategy",
     "QuantizationCallback",
     "RandomPruning",
     "SharedWeights",
+    "SparsityLogger",
     "SparsitySchedule",
+    "TaylorScore",
+    "UnstructuredStrategy",
+    "WeightCriterion",
     "WeightFakeQuant",
     "WeightMask",
     "WeightSharingSettings",
@@ -70,5 +102,7 @@ __all__ = [
     "nm_mask",
     "random_mask",
     "set_mask",
+    "sparsity_metrics",
     "taylor_channel_scores",
+    "weight_sparsity",
 ]

@@ -15,23 +15,12 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from distill.compression.selection import SPARSITY_ALLOWED
 from distill.errors import ConfigError
+from distill.validate import require_fraction, require_int
 
-
-def _check_sparsity(sparsity: float) -> float:
-    valid = isinstance(sparsity, (int, float)) and not isinstance(sparsity, bool)
-    if not valid or not 0.0 <= sparsity < 1.0:
-        raise ConfigError("sparsity", sparsity, "a number in [0, 1)")
-    return float(sparsity)
-
-
-def _check_layer_weight(weight: Tensor, field: str = "weight") -> None:
-    if weight.dim() < 2:
-        raise ConfigError(
-            field,
-            f"tensor of shape {tuple(weight.shape)}",
-            "a conv or linear weight with at least 2 dims, output channels first",
-        )
+# Channel scores and N:M need output channels first and the inputs after them.
+LAYER_WEIGHT_ALLOWED = "a conv or linear weight with at least 2 dims, output channels first"
 
 
 def _keep_all_but_lowest(scores: Tensor, num_pruned: int) -> Tensor:
@@ -49,7 +38,8 @@ def magnitude_mask(weight: Tensor, sparsity: float) -> Tensor:
 
     Han et al. 2015, "Learning both Weights and Connections for Efficient Neural Networks".
     """
-    num_pruned = round(_check_sparsity(sparsity) * weight.numel())
+    sparsity = require_fraction("sparsity", sparsity, allowed=SPARSITY_ALLOWED)
+    num_pruned = round(sparsity * weight.numel())
     return _keep_all_but_lowest(weight.detach().abs(), num_pruned).view(weight.shape)
 
 
@@ -59,7 +49,7 @@ def global_magnitude_masks(weights: Mapping[str, Tensor], sparsity: float) -> di
     Ties across layers fall to the layer that comes first in `weights`, so pass the layers in
     the same order on every rank (e.g. `named_modules` order).
     """
-    sparsity = _check_sparsity(sparsity)
+    sparsity = require_fraction("sparsity", sparsity, allowed=SPARSITY_ALLOWED)
     if not weights:
         raise ConfigError("weights", dict(weights), "at least one named weight")
     tensors = list(weights.values())
@@ -80,13 +70,23 @@ def l1_channel_scores(weight: Tensor) -> Tensor:
 
     Li et al. 2017, "Pruning Filters for Efficient ConvNets".
     """
-    _check_layer_weight(weight)
+    require_int(
+        "weight",
+        weight.dim(),
+        minimum=2,
+        allowed=f"{LAYER_WEIGHT_ALLOWED} (shape {tuple(weight.shape)})",
+    )
     return weight.detach().abs().flatten(1).sum(dim=1)
 
 
 def l2_channel_scores(weight: Tensor) -> Tensor:
     """Euclidean norm of each output channel (dim 0)."""
-    _check_layer_weight(weight)
+    require_int(
+        "weight",
+        weight.dim(),
+        minimum=2,
+        allowed=f"{LAYER_WEIGHT_ALLOWED} (shape {tuple(weight.shape)})",
+    )
     return torch.linalg.vector_norm(weight.detach().flatten(1), ord=2, dim=1)
 
 
@@ -114,7 +114,12 @@ def taylor_channel_scores(weight: Tensor, grad: Tensor | None) -> Tensor:
             "taylor",
             "the taylor criterion needs gradients; prune on a step after backward",
         )
-    _check_layer_weight(weight)
+    require_int(
+        "weight",
+        weight.dim(),
+        minimum=2,
+        allowed=f"{LAYER_WEIGHT_ALLOWED} (shape {tuple(weight.shape)})",
+    )
     if grad.shape != weight.shape:
         raise ConfigError(
             "grad",
@@ -131,7 +136,8 @@ def channel_mask(scores: Tensor, sparsity: float) -> Tensor:
             "scores", f"tensor of shape {tuple(scores.shape)}", "one score per channel (1-D)"
         )
     # A layer with no channels left would cut the network in two.
-    num_pruned = min(round(_check_sparsity(sparsity) * scores.numel()), scores.numel() - 1)
+    sparsity = require_fraction("sparsity", sparsity, allowed=SPARSITY_ALLOWED)
+    num_pruned = min(round(sparsity * scores.numel()), scores.numel() - 1)
     return _keep_all_but_lowest(scores, num_pruned)
 
 
@@ -157,12 +163,16 @@ def nm_mask(weight: Tensor, n: int = 2, m: int = 4, name: str | None = None) -> 
     Fine-grained Structured Sparse Neural Networks From Scratch".
     """
     for field, value in (("n", n), ("m", m)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(field, value, "an integer, with 0 < N < M")
+        require_int(field, value, allowed="an integer, with 0 < N < M")
     if not 0 < n < m:
         raise ConfigError("n", n, f"0 < N < M; got N={n}, M={m}")
     layer = name or "weight"
-    _check_layer_weight(weight, field=layer)
+    require_int(
+        layer,
+        weight.dim(),
+        minimum=2,
+        allowed=f"{LAYER_WEIGHT_ALLOWED} (shape {tuple(weight.shape)})",
+    )
     inputs = math.prod(weight.shape[1:])
     if inputs % m != 0:
         raise ConfigError(
@@ -186,7 +196,8 @@ def random_mask(shape: Sequence[int], sparsity: float, generator: torch.Generato
     """
     shape = tuple(shape)
     numel = math.prod(shape)
-    num_pruned = round(_check_sparsity(sparsity) * numel)
+    sparsity = require_fraction("sparsity", sparsity, allowed=SPARSITY_ALLOWED)
+    num_pruned = round(sparsity * numel)
     order = torch.randperm(numel, generator=generator, device=generator.device)
     keep = torch.ones(numel, dtype=torch.bool, device=generator.device)
     keep[order[:num_pruned]] = False

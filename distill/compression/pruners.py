@@ -2,57 +2,67 @@
 
 The math lives in `criteria.py` as pure functions; these thin classes only gather the tensors a
 criterion needs (effective weights, their gradients, BatchNorm scales) and say what kind of
-mask they make. `PruningCallback` applies the result.
+mask they make: per-weight masks (`WeightCriterion`) or whole channels (`ChannelPruning`, with
+a `ChannelScore` from `channel_scores.py`). The strategies in `pruning_strategies.py` attach
+and apply them for `PruningCallback`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from distill.compression import criteria
-from distill.compression.groups import ChannelGroup
+from distill.compression.channel_scores import CHANNEL_SCORES, ChannelScore, L1Score
+from distill.compression.selection import layer_weight
 from distill.errors import ConfigError
+from distill.validate import require_choice, require_int
 
 
-def weight_grad(module: nn.Module) -> Tensor | None:
-    """The gradient of the effective weight (the mask's original holds it once attached)."""
-    if parametrize.is_parametrized(module, "weight"):
-        return module.parametrizations["weight"].original.grad
-    return module.weight.grad
+class PruningCriterion:
+    """What every criterion says about itself; `PruningCallback` accepts only these."""
 
-
-class WeightCriterion:
-    """Makes one keep-mask per layer weight (unstructured or N:M)."""
-
-    structured = False
+    # Whether masks need the gradients of the step they are computed on (frozen layers have none).
     needs_grad = False
+    # Whether whole output channels are zeroed, so the trained student can be physically slimmed.
+    removes_channels = False
+    # Whether each layer may have its own final sparsity (`pruning.layer_sparsity`).
+    per_layer_targets = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class WeightCriterion(PruningCriterion):
+    """Makes one keep-mask per layer weight (unstructured or N:M)."""
 
     def weight_masks(
         self, layers: Mapping[str, nn.Module], targets: Mapping[str, float]
     ) -> dict[str, Tensor]:
         raise NotImplementedError
 
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
 
 class Magnitude(WeightCriterion):
-    """Smallest |w| pruned, per layer (`scope="layer"`) or with one global threshold."""
+    """Smallest |w| pruned, per layer (`scope="layer"`) or with one global threshold.
+
+    Han et al. 2015, "Learning both Weights and Connections for Efficient Neural Networks".
+    """
 
     def __init__(self, scope: str = "layer") -> None:
-        if scope not in ("layer", "global"):
-            raise ConfigError("pruning.criterion.scope", scope, "'layer' or 'global'")
-        self.scope = scope
+        self.scope = require_choice("pruning.criterion.scope", scope, ("layer", "global"))
+        # One threshold over all layers decides each layer's sparsity itself.
+        self.per_layer_targets = self.scope == "layer"
 
-    def weight_masks(self, layers, targets):
-        weights = {name: layer.weight for name, layer in layers.items()}
+    def weight_masks(
+        self, layers: Mapping[str, nn.Module], targets: Mapping[str, float]
+    ) -> dict[str, Tensor]:
+        weights = {name: layer_weight(layer) for name, layer in layers.items()}
         if self.scope == "global":
             # One threshold over all layers; the first layer's target is the global target.
             return criteria.global_magnitude_masks(weights, next(iter(targets.values())))
@@ -67,42 +77,49 @@ class NMSparsity(WeightCriterion):
     """
 
     def __init__(self, n: int = 2, m: int = 4) -> None:
-        for field, value in (("n", n), ("m", m)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"pruning.criterion.{field}", value, "a positive integer")
+        n = require_int("pruning.criterion.n", n, minimum=1, allowed="a positive integer")
+        m = require_int("pruning.criterion.m", m, minimum=1, allowed="a positive integer")
         if n >= m:
             raise ConfigError("pruning.criterion.n", n, f"N < M (M={m})")
         self.n, self.m = n, m
 
-    def weight_masks(self, layers, targets):
-        return {
-            name: criteria.nm_mask(layer.weight, self.n, self.m, name=name)
-            if targets[name] > 0
-            else torch.ones_like(layer.weight, dtype=torch.bool)
-            for name, layer in layers.items()
-        }
+    def weight_masks(
+        self, layers: Mapping[str, nn.Module], targets: Mapping[str, float]
+    ) -> dict[str, Tensor]:
+        masks = {}
+        for name, layer in layers.items():
+            weight = layer_weight(layer)
+            masks[name] = (
+                criteria.nm_mask(weight, self.n, self.m, name=name)
+                if targets[name] > 0
+                else torch.ones_like(weight, dtype=torch.bool)
+            )
+        return masks
 
 
 class RandomPruning(WeightCriterion):
     """Uniformly random masks, a baseline; the generator state is checkpointed for resume."""
 
     def __init__(self, seed: int = 0) -> None:
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(require_int("pruning.criterion.seed", seed))
 
-    def weight_masks(self, layers, targets):
+    def weight_masks(
+        self, layers: Mapping[str, nn.Module], targets: Mapping[str, float]
+    ) -> dict[str, Tensor]:
         masks = {}
         for name, layer in layers.items():
+            weight = layer_weight(layer)
             # Keep what is already pruned, and draw the rest of this step's target among the
             # surviving weights, so sparsity only grows as the schedule raises it.
-            current = layer.weight != 0
-            fresh = criteria.random_mask(layer.weight.shape, targets[name], self.generator)
+            current = weight != 0
+            fresh = criteria.random_mask(weight.shape, targets[name], self.generator)
             masks[name] = _monotone(current, fresh, targets[name])
         return masks
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
 
 
@@ -117,47 +134,27 @@ def _monotone(current: Tensor, proposed: Tensor, sparsity: float) -> Tensor:
     return keep.view(current.shape)
 
 
-CHANNEL_SCORES = ("l1", "l2", "bn_gamma", "taylor")
+class ChannelPruning(PruningCriterion):
+    """Structured: whole output channels (conv filters, linear neurons) of a coupled group,
+    the lowest-scoring first.
 
-
-class ChannelPruning:
-    """Structured: whole output channels (conv filters, linear neurons) of a coupled group.
-
-    Scores: `l1` (Li et al. 2017), `l2`, `bn_gamma` (network slimming, Liu et al. 2017) or
-    `taylor` (first order, Molchanov et al. 2019), summed over the group's producers.
+    `score` is a `ChannelScore` (L1Score by default), named in a config by its `_target_`:
+    `pruning.criterion.score._target_=distill.compression.TaylorScore`.
     """
 
-    structured = True
+    removes_channels = True
 
-    def __init__(self, score: str = "l1") -> None:
-        if score not in CHANNEL_SCORES:
-            raise ConfigError("pruning.criterion.score", score, f"one of {CHANNEL_SCORES}")
+    def __init__(self, score: ChannelScore | None = None) -> None:
+        if score is None:
+            score = L1Score()
+        if not isinstance(score, ChannelScore):
+            # The old string form (`score: l1`) would otherwise be silently misread.
+            raise ConfigError(
+                "pruning.criterion.score",
+                score,
+                "a channel score given by its _target_, one of "
+                f"{', '.join(CHANNEL_SCORES)} "
+                "(e.g. pruning.criterion.score._target_=distill.compression.L2Score)",
+            )
         self.score = score
-        self.needs_grad = score == "taylor"
-
-    def channel_scores(self, group: ChannelGroup, model: nn.Module) -> Tensor:
-        if self.score == "bn_gamma":
-            if not group.norms:
-                raise ConfigError(
-                    "pruning.criterion.score",
-                    "bn_gamma",
-                    f"layers followed by BatchNorm; {group.name} has none",
-                )
-            layers = [model.get_submodule(n) for n in group.norms]
-            return sum(criteria.bn_gamma_scores(layer.weight) for layer in layers)
-        total = torch.zeros(group.channels)
-        for name in group.producers:
-            layer = model.get_submodule(name)
-            if self.score == "l1":
-                total += criteria.l1_channel_scores(layer.weight)
-            elif self.score == "l2":
-                total += criteria.l2_channel_scores(layer.weight)
-            else:
-                total += criteria.taylor_channel_scores(layer.weight, weight_grad(layer))
-        return total
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
+        self.needs_grad = score.needs_grad

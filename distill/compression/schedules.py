@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
+from distill.compression.selection import SPARSITY_ALLOWED
 from distill.errors import ConfigError
+from distill.validate import require_fraction, require_int
 
 
 @runtime_checkable
@@ -30,19 +32,6 @@ class SparsitySchedule(Protocol):
     def is_update(self, t: int) -> bool: ...
 
 
-def _sparsity(field: str, value: Any) -> float:
-    valid = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not valid or not 0.0 <= value < 1.0:
-        raise ConfigError(field, value, "a number in [0, 1)")
-    return float(value)
-
-
-def _integer(field: str, value: Any, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(field, value, f"an integer >= {minimum}")
-    return value
-
-
 _Ramp = TypeVar("_Ramp", bound="_RampSchedule")
 
 
@@ -57,8 +46,12 @@ class _RampSchedule:
     initial_sparsity: float = 0.0
 
     def __post_init__(self) -> None:
-        initial = _sparsity("schedule.initial_sparsity", self.initial_sparsity)
-        final = _sparsity("schedule.final_sparsity", self.final_sparsity)
+        initial = require_fraction(
+            "schedule.initial_sparsity", self.initial_sparsity, allowed=SPARSITY_ALLOWED
+        )
+        final = require_fraction(
+            "schedule.final_sparsity", self.final_sparsity, allowed=SPARSITY_ALLOWED
+        )
         if final < initial:
             raise ConfigError(
                 "schedule.final_sparsity", final, f">= schedule.initial_sparsity={initial}"
@@ -66,9 +59,9 @@ class _RampSchedule:
         # Frozen dataclass: normalise ints from YAML to floats through object.__setattr__.
         object.__setattr__(self, "initial_sparsity", initial)
         object.__setattr__(self, "final_sparsity", final)
-        _integer("schedule.start", self.start, 0)
-        _integer("schedule.frequency", self.frequency, 1)
-        _integer("schedule.num_updates", self.num_updates, 1)
+        require_int("schedule.start", self.start, minimum=0)
+        require_int("schedule.frequency", self.frequency, minimum=1)
+        require_int("schedule.num_updates", self.num_updates, minimum=1)
 
     @classmethod
     def between(
@@ -81,9 +74,9 @@ class _RampSchedule:
         initial_sparsity: float = 0.0,
     ) -> _Ramp:
         """The schedule whose last update is `end`, a multiple of `frequency` after `start`."""
-        _integer("schedule.start", start, 0)
-        _integer("schedule.frequency", frequency, 1)
-        _integer("schedule.end", end, 0)
+        require_int("schedule.start", start, minimum=0)
+        require_int("schedule.frequency", frequency, minimum=1)
+        require_int("schedule.end", end, minimum=0)
         if end <= start:
             raise ConfigError("schedule.end", end, f"a step after schedule.start={start}")
         if (end - start) % frequency:
@@ -151,8 +144,12 @@ class OneShotSchedule:
     at: int
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sparsity", _sparsity("schedule.sparsity", self.sparsity))
-        _integer("schedule.at", self.at, 0)
+        object.__setattr__(
+            self,
+            "sparsity",
+            require_fraction("schedule.sparsity", self.sparsity, allowed=SPARSITY_ALLOWED),
+        )
+        require_int("schedule.at", self.at, minimum=0)
 
     @property
     def final_sparsity(self) -> float:
@@ -187,8 +184,10 @@ class IterativeSchedule:
         for index, pair in enumerate(raw):
             if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
                 raise ConfigError(f"schedule.steps[{index}]", pair, "a [step, sparsity] pair")
-            step = _integer(f"schedule.steps[{index}][0]", pair[0], 0)
-            sparsity = _sparsity(f"schedule.steps[{index}][1]", pair[1])
+            step = require_int(f"schedule.steps[{index}][0]", pair[0], minimum=0)
+            sparsity = require_fraction(
+                f"schedule.steps[{index}][1]", pair[1], allowed=SPARSITY_ALLOWED
+            )
             if pairs and step <= pairs[-1][0]:
                 raise ConfigError(
                     f"schedule.steps[{index}][0]", step, f"a step after {pairs[-1][0]} (increasing)"

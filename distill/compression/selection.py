@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping, Sequence
+from typing import cast
 
-from torch import nn
+from torch import Tensor, nn
 
 from distill.errors import ConfigError
+from distill.validate import require_fraction
 
 PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+SPARSITY_ALLOWED = "a number in [0, 1)"
+
+
+def layer_weight(module: nn.Module) -> Tensor:
+    """The (effective, masked) weight of a conv, linear or norm layer, typed as a tensor.
+
+    `nn.Module.__getattr__` is typed `Tensor | Module`; every layer pruning touches has a
+    weight tensor, so this is where that is said once.
+    """
+    return cast(Tensor, module.weight)
 
 
 def prunable_layer_names(model: nn.Module) -> list[str]:
@@ -61,10 +73,7 @@ def layer_final_sparsities(
     targets = dict.fromkeys(layers, final_sparsity)
     for pattern, sparsity in overrides.items():
         field = f"pruning.layer_sparsity.{pattern}"
-        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
-            raise ConfigError(field, sparsity, "a number in [0, 1)")
-        if not 0.0 <= sparsity < 1.0:
-            raise ConfigError(field, sparsity, "a number in [0, 1)")
+        value = require_fraction(field, sparsity, allowed=SPARSITY_ALLOWED)
         for name in _matching(list(layers), pattern, field):
-            targets[name] = float(sparsity)
+            targets[name] = value
     return targets

@@ -13,13 +13,18 @@ from torch.utils.data import TensorDataset
 
 from distill.compression import (
     AGPSchedule,
+    BNGammaScore,
     ChannelPruning,
     IterativeSchedule,
+    L1Score,
+    L2Score,
     Magnitude,
     NMSparsity,
     OneShotSchedule,
     PruningCallback,
     RandomPruning,
+    SparsityLogger,
+    TaylorScore,
     bake_into,
     get_mask,
 )
@@ -88,10 +93,10 @@ CRITERIA = {
     "global_magnitude": lambda: Magnitude(scope="global"),
     "random": lambda: RandomPruning(seed=3),
     "nm_2_4": lambda: NMSparsity(2, 4),
-    "channel_l1": lambda: ChannelPruning("l1"),
-    "channel_l2": lambda: ChannelPruning("l2"),
-    "channel_bn_gamma": lambda: ChannelPruning("bn_gamma"),
-    "channel_taylor": lambda: ChannelPruning("taylor"),
+    "channel_l1": lambda: ChannelPruning(L1Score()),
+    "channel_l2": lambda: ChannelPruning(L2Score()),
+    "channel_bn_gamma": lambda: ChannelPruning(BNGammaScore()),
+    "channel_taylor": lambda: ChannelPruning(TaylorScore()),
 }
 
 
@@ -198,7 +203,7 @@ def test_sparsity_is_logged_at_each_update(tmp_path):
         enable_checkpointing=False,
         enable_model_summary=False,
         limit_val_batches=0,
-        callbacks=[callback],
+        callbacks=[callback, SparsityLogger(callback)],
         log_every_n_steps=1,
     )
     run.fit(module_for(student), train_dataloaders=loader())

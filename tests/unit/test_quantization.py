@@ -123,9 +123,7 @@ def inputs(n: int, seed: int = 1) -> Tensor:
 
 def channel_pruning(model: nn.Module) -> PruningCallback:
     """Masks on the middle conv + BN (first and last layers stay dense), half its channels cut."""
-    callback = PruningCallback(
-        ChannelPruning("l1"), OneShotSchedule(sparsity=0.5, at=0), unit="epoch"
-    )
+    callback = PruningCallback(ChannelPruning(), OneShotSchedule(sparsity=0.5, at=0), unit="epoch")
     callback.attach(model, inputs(2))
     return callback
 
@@ -649,7 +647,7 @@ def fit_qat(
     """4 epochs of 4 batches; channel pruning at epoch 2, QAT from epoch 1 (BN folded),
     observers frozen from epoch 3. Checkpoints (all kept) at every epoch end, or every n steps."""
     student = Net()
-    pruning = PruningCallback(ChannelPruning("l1"), OneShotSchedule(sparsity=0.5, at=2))
+    pruning = PruningCallback(ChannelPruning(), OneShotSchedule(sparsity=0.5, at=2))
     pruning.attach(student, inputs(2))
     callbacks: list[pl.Callback] = [pruning, CountBatches()]
     quantization = None
