@@ -73,7 +73,7 @@ from distill.config import build
 from distill.deploy import remove_zero_channels
 from distill.deploy.compressed import load_compressed, save_compressed
 from distill.deploy.onnx_runtime import OrtModel, export_onnx
-from distill.deploy.qdq import build_qdq_model
+from distill.compression.qdq import build_qdq_model
 from distill.losses import soft_target_kd
 from distill.models import resnet20, resnet56
 from recipes import compose_cfg, run_recipe

@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from torch import Tensor, nn
-from torch.nn.utils import parametrize
+from torch import nn
 
-from distill.compression.masks import get_mask
+from distill.compression.parametrizations import get_mask, original
 
 
 def freeze_batchnorm(model: nn.Module) -> None:
@@ -38,20 +37,13 @@ def fold_batchnorm_in_place(model: nn.Module, folds: Mapping[str, str]) -> None:
         layer, norm = model.get_submodule(layer_name), model.get_submodule(norm_name)
         factor = norm.weight / torch.sqrt(norm.running_var + norm.eps)
         shape = (-1,) + (1,) * (layer.weight.dim() - 1)
-        weight = _original(layer, "weight")
+        weight = original(layer, "weight")
         weight.mul_(factor.view(shape))
         if layer.bias is not None:
-            _original(layer, "bias").mul_(factor)
-        _original(norm, "bias").copy_(norm.bias - factor * norm.running_mean)
-        gamma = _original(norm, "weight")
+            original(layer, "bias").mul_(factor)
+        original(norm, "bias").copy_(norm.bias - factor * norm.running_mean)
+        gamma = original(norm, "weight")
         keep = get_mask(norm, "weight")
         gamma.fill_(1.0) if keep is None else gamma.copy_(keep.mask.to(gamma.dtype))
         norm.running_mean.zero_()
         norm.running_var.fill_(1.0 - norm.eps)
-
-
-def _original(module: nn.Module, tensor_name: str) -> Tensor:
-    """The trainable tensor behind `module.<tensor_name>` (the original under parametrizations)."""
-    if parametrize.is_parametrized(module, tensor_name):
-        return module.parametrizations[tensor_name].original
-    return getattr(module, tensor_name)
