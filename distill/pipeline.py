@@ -8,7 +8,6 @@ teacher is trained or any file is written as if the run succeeded.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 import warnings
@@ -26,12 +25,11 @@ from distill.compression import (
     ChannelPruning,
     PruningCallback,
     QuantizationCallback,
-    bake_into,
 )
 from distill.config import build, build_named
 from distill.data import ClassificationDataModule
 from distill.deploy import save_slim
-from distill.deploy.artifacts import export_run
+from distill.deploy.artifacts import merge_into_summary, produce_artifacts
 from distill.deploy.run_dir import STUDENT_STATE_FILE, TrainedRun, save_run_config
 from distill.ensemble import TeacherEnsemble
 from distill.errors import ConfigError
@@ -142,7 +140,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     # The student artifact is plain: effective (masked) weights under the model's own keys,
     # loadable into a freshly built student with no distill code in the way.
-    plain_student = bake_into(student, build(cfg.student, "student"))
+    run = TrainedRun.from_student(cfg, datamodule, student, quantization, teacher)
+    plain_student = run.plain
     student_path = atomic_write(
         run_dir / "student.pt", lambda handle: torch.save(plain_student.state_dict(), handle)
     )
@@ -156,7 +155,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "student_state": artifact(state_path, run_dir),
     }
     if pruning is not None and isinstance(pruning.criterion, ChannelPruning):
-        artifacts["slim"] = save_slim(plain_student, datamodule.example_input_batch(2), run_dir)
+        artifacts["slim"] = save_slim(run.slim, datamodule.example_input_batch(2), run_dir)
     if best:
         artifacts["checkpoint_best"] = artifact(Path(best), run_dir)
     if isinstance(checkpoint, ModelCheckpoint) and checkpoint.last_model_path:
@@ -219,14 +218,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         export = False
     if export:
         export_started = time.perf_counter()
-        run = TrainedRun(cfg, datamodule, student.eval(), quantization)
-        export_run(
-            run_dir,
-            run,
-            latency_repeats=cfg.get("export_latency_repeats", 20),
-            teacher=teacher,
+        entries, rows = produce_artifacts(
+            run, run_dir, latency_repeats=cfg.get("export_latency_repeats", 20)
         )
-        summary = json.loads((run_dir / "summary.json").read_text())
+        merge_into_summary(summary, entries, rows)
         summary["timing"]["export_s"] = time.perf_counter() - export_started
         atomic_write_json(run_dir / "summary.json", summary)
     print_summary(summary)
