@@ -14,7 +14,7 @@ found again with `get_mask`, `get_weight_sharing` and `get_weight_fake_quant`.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -76,7 +76,7 @@ def register(module: nn.Module, tensor_name: str, parametrization: nn.Module) ->
         )
     tensor_of(module, tensor_name)
     if parametrize.is_parametrized(module, tensor_name):
-        existing = list(module.parametrizations[tensor_name])
+        existing = list(chain_of(module, tensor_name))
         if any(_position(p) >= _position(parametrization) for p in existing):
             raise ConfigError(
                 "tensor_name",
@@ -88,11 +88,17 @@ def register(module: nn.Module, tensor_name: str, parametrization: nn.Module) ->
     parametrize.register_parametrization(module, tensor_name, parametrization)
 
 
+def chain_of(module: nn.Module, tensor_name: str) -> parametrize.ParametrizationList:
+    """The parametrizations on `module.<tensor_name>`, first to last (it must have some)."""
+    parametrizations = cast(nn.ModuleDict, module.parametrizations)
+    return cast(parametrize.ParametrizationList, parametrizations[tensor_name])
+
+
 def find_parametrization(module: nn.Module, tensor_name: str, kind: type[T]) -> T | None:
     """The parametrization of type `kind` on `module.<tensor_name>`, or None if it has none."""
     if not parametrize.is_parametrized(module, tensor_name):
         return None
-    for parametrization in module.parametrizations[tensor_name]:
+    for parametrization in chain_of(module, tensor_name):
         if isinstance(parametrization, kind):
             return parametrization
     return None
@@ -116,8 +122,8 @@ def get_weight_fake_quant(module: nn.Module, tensor_name: str = "weight") -> Wei
 def original(module: nn.Module, tensor_name: str) -> Tensor:
     """The trainable tensor behind `module.<tensor_name>` (the original under parametrizations)."""
     if parametrize.is_parametrized(module, tensor_name):
-        return module.parametrizations[tensor_name].original
-    return getattr(module, tensor_name)
+        return chain_of(module, tensor_name).original
+    return cast(Tensor, getattr(module, tensor_name))
 
 
 @torch.no_grad()
@@ -125,7 +131,7 @@ def input_of(module: nn.Module, tensor_name: str, link: nn.Module) -> Tensor:
     """What `link` receives: the original passed through the links before it (e.g. the masked
     weight that sharing clusters or fake-quant rounds)."""
     x = original(module, tensor_name)
-    for parametrization in module.parametrizations[tensor_name]:
+    for parametrization in chain_of(module, tensor_name):
         if parametrization is link:
             return x
         x = parametrization(x)
