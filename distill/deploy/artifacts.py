@@ -250,7 +250,7 @@ def onnx_int8(context: ExportContext) -> None:
         method = "qat"
     else:
         quantizer = Quantizer(
-            qat.settings if qat is not None else QuantizationSettings(PTQ_WEIGHT_BITS)
+            qat.settings if qat is not None else QuantizationSettings(weight_bits=PTQ_WEIGHT_BITS)
         )
         qparams = context.calibrate(quantizer, plain)
         reference = predict(
