@@ -7,8 +7,9 @@ Every table is Markdown; each goal is judged PASS or MISS. Sections and their go
 - `latency`: a CIFAR resnet20 student (10 classes, 3x32x32) taken down the deploy path as
   training and `distill-export` take it: 50% of its prunable channels zeroed (one-shot L1
   `ChannelPruning` through `PruningCallback`), int8 QAT attached (`QuantizationCallback`,
-  BatchNorm folded) with its activation observers calibrated on 8 random batches, baked,
-  slimmed (`remove_zero_channels`), turned into the QDQ graph (`build_qdq_model`) and exported
+  BatchNorm folded) with its activation observers calibrated on 8 random batches
+  (`Quantizer.calibrate`), baked, slimmed (`remove_zero_channels`), turned into the QDQ graph
+  (`Quantizer.convert`) and exported
   (`export_onnx`). Variants, timed interleaved at batch 64 and 1, with 2 threads (torch and
   onnxruntime alike) and with 1: dense fp32 torch eager (the baseline), slim fp32 eager, dense
   fp32 ONNX, slim fp32 ONNX and slim int8 ONNX in onnxruntime (`OrtModel`). Goal: slim int8 in
@@ -73,7 +74,6 @@ from distill.config import build
 from distill.deploy import remove_zero_channels
 from distill.deploy.compressed import load_compressed, save_compressed
 from distill.deploy.onnx_runtime import OrtModel, export_onnx
-from distill.deploy.qdq import build_qdq_model
 from distill.losses import soft_target_kd
 from distill.models import resnet20, resnet56
 from recipes import compose_cfg, run_recipe
@@ -107,28 +107,12 @@ def make_resnet20() -> nn.Module:
 # -- shared: the deploy path --------------------------------------------------------------
 
 
-def calibrate(model: nn.Module, input_shape: tuple[int, ...], batches: int = 8) -> None:
-    """Run random batches through `model` with its activation observers observing.
-
-    Observers only observe in training mode; BatchNorm stays in eval (its statistics are the
-    trained ones, and QAT folded them already).
-    """
+def calibrate(model: nn.Module, qat: QuantizationCallback, input_shape: tuple[int, ...]) -> None:
+    """Run 8 random batches through `model` with its activation observers observing
+    (`Quantizer.calibrate`: BatchNorm keeps the trained statistics, QAT folded them already),
+    and leave it in eval mode."""
+    qat.quantizer.calibrate(model, (torch.randn(64, *input_shape) for _ in range(8)))
     model.eval()
-    for observer in observers_of(model).values():
-        observer.train()
-    with torch.no_grad():
-        for _ in range(batches):
-            model(torch.randn(64, *input_shape))
-    model.eval()
-
-
-def observed_qparams(model: nn.Module) -> dict[str, tuple[float, int]]:
-    """Each site's (scale, zero point), as `distill.deploy.artifacts._observed_qparams`."""
-    qparams = {}
-    for site, observer in observers_of(model).items():
-        scale, zero_point = observer.qparams()
-        qparams[site] = (float(scale), int(zero_point))
-    return qparams
 
 
 def quantize(model: nn.Module, example: Tensor, **settings) -> QuantizationCallback:
@@ -141,8 +125,7 @@ def quantize(model: nn.Module, example: Tensor, **settings) -> QuantizationCallb
 
 def int8_graph(plain: nn.Module, trained: nn.Module, qat: QuantizationCallback) -> nn.Module:
     """The QDQ model of `plain` (baked, maybe slimmed) with `trained`'s observed scales."""
-    sites = qat.activation_quantizer.sites
-    return build_qdq_model(plain, sites.names, observed_qparams(trained), qat.layers, sites.folds)
+    return qat.quantizer.convert(plain, qat.quantizer.qparams(trained))
 
 
 def optimized_op_counts(path: Path, out: Path) -> Counter:
@@ -232,7 +215,7 @@ def latency_at(channel_sparsity: float) -> None:
     pruning.attach(model, example)
     pruning.apply(model, t=0)  # the final (and only) update
     qat = quantize(model, example)
-    calibrate(model, CIFAR_SHAPE)
+    calibrate(model, qat, CIFAR_SHAPE)
     baked = bake_into(model, make_resnet20()).eval()
     report = remove_zero_channels(baked, example)
     # The slim fp32 rows run this same model: fp32 weights that sit on the int8 grid, BatchNorm
@@ -375,7 +358,7 @@ def size_section() -> None:
     torch.manual_seed(0)
     example = torch.randn(1, *CIFAR_SHAPE)
     int8_model, qat = sparse_int8_resnet20(example)
-    calibrate(int8_model, CIFAR_SHAPE)
+    calibrate(int8_model, qat, CIFAR_SHAPE)
     shared_model, _ = sparse_int8_resnet20(
         example, activations=False, weight_sharing={"bits": 4, "epoch": 0}
     )

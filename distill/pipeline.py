@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from distill.assembly import AssembledRun, assemble
 from distill.checks import ensure_fresh_run_dir
-from distill.deploy.artifacts import export_artifacts
+from distill.deploy.artifacts import produce_artifacts
 from distill.deploy.run_dir import TrainedRun
 from distill.provision import data_material, provide_teachers, teacher_nodes
 from distill.run_outputs import best_checkpoint_to_test, save_student, sparsity_facts, student_facts
@@ -62,7 +62,9 @@ def train(cfg: Any) -> dict[str, Any]:
     if not run.trainer.is_global_zero:
         return {}
 
-    plain, artifacts = save_student(run, run_dir)
+    quantization = run.compression.quantization
+    trained = TrainedRun.from_student(cfg, run.datamodule, run.student, quantization, run.teacher)
+    artifacts = save_student(run, trained, run_dir)
     summary = RunSummary(
         seed=cfg.seed,
         output_dir=str(run_dir),
@@ -72,22 +74,19 @@ def train(cfg: Any) -> dict[str, Any]:
             "input_shape": list(run.datamodule.input_shape),
         },
         teacher=teacher_summary(run, teacher, results) if teacher is not None else None,
-        student=student_facts(results, plain, cfg.student._target_),
+        student=student_facts(results, trained.plain, cfg.student._target_),
         sparsity=sparsity_facts(run),
         artifacts=artifacts,
         loss={name: type(term).__name__ for name, term in run.loss.terms.items()},
         timing=timing.seconds,
     )
     summary.timing.update(teacher_cache=cache_facts, epochs=run.trainer.current_epoch)
-    quantization = run.compression.quantization
     summary.quantization = quantization.describe() if quantization is not None else None
     try:
         if run.exports:
             with timing("export_s"):
-                trained = TrainedRun(cfg, run.datamodule, run.student.eval(), quantization)
-                entries, summary.deployment = export_artifacts(
-                    run_dir, trained, cfg.get("export_latency_repeats", 20), run.teacher
-                )
+                repeats = cfg.get("export_latency_repeats", 20)
+                entries, summary.deployment = produce_artifacts(trained, run_dir, repeats)
             summary.artifacts.update(entries)
     finally:
         # A failed export keeps the trained run, whose summary then lists no export.

@@ -12,10 +12,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
 from distill.assembly import AssembledRun
-from distill.compression import bake_into
-from distill.config import build
 from distill.deploy import save_slim
-from distill.deploy.run_dir import STUDENT_STATE_FILE, save_run_config
+from distill.deploy.run_dir import STUDENT_STATE_FILE, TrainedRun, save_run_config
 from distill.files import atomic_write
 from distill.summary import (
     artifact,
@@ -25,15 +23,16 @@ from distill.summary import (
 )
 
 
-def save_student(run: AssembledRun, run_dir: Path) -> tuple[nn.Module, dict[str, dict[str, Any]]]:
-    """Write the trained student's files; returns the plain (baked) student and their entries.
+def save_student(
+    run: AssembledRun, trained: TrainedRun, run_dir: Path
+) -> dict[str, dict[str, Any]]:
+    """Write the trained student's files; returns their summary entries.
 
     `student.pt` is plain: effective (masked) weights under the model's own keys, loadable into
     a freshly built student with no distill code in the way. `student_state.pt` is the student
     as trained (masks, fake-quant, observers): what distill-export starts from.
     """
-    student = run.student
-    plain = bake_into(student, build(run.cfg.student, "student"))
+    student, plain = run.student, trained.plain
     student_path = atomic_write(
         run_dir / "student.pt", lambda handle: torch.save(plain.state_dict(), handle)
     )
@@ -47,14 +46,15 @@ def save_student(run: AssembledRun, run_dir: Path) -> tuple[nn.Module, dict[str,
     }
     pruning = run.compression.pruning
     if pruning is not None and pruning.removes_channels:
-        artifacts["slim"] = save_slim(plain, run.datamodule.example_input_batch(2), run_dir)
+        example = run.datamodule.example_input_batch(2)
+        artifacts["slim"] = save_slim(trained.slim, example, run_dir)
     checkpoint = run.trainer.checkpoint_callback
     if isinstance(checkpoint, ModelCheckpoint):
         if checkpoint.best_model_path:
             artifacts["checkpoint_best"] = artifact(Path(checkpoint.best_model_path), run_dir)
         if checkpoint.last_model_path:
             artifacts["checkpoint_last"] = artifact(Path(checkpoint.last_model_path), run_dir)
-    return plain, artifacts
+    return artifacts
 
 
 def best_checkpoint_to_test(run: AssembledRun) -> str | None:

@@ -1,5 +1,6 @@
 """Compression of the student while it learns: masks and pruning criteria, schedules, fake
-quantization, weight sharing, and the callbacks that drive them."""
+quantization, weight sharing, the quantizer that prepares and converts a student, and the
+callbacks that drive them."""
 
 from distill.compression.activation_sites import ActivationSites, find_activation_sites
 from distill.compression.channel_scores import (
@@ -27,9 +28,9 @@ from distill.compression.masks import (
     attach_mask,
     bake_into,
     effective_state_dict,
-    get_mask,
     set_mask,
 )
+from distill.compression.parametrizations import get_mask, get_weight_fake_quant, get_weight_sharing
 from distill.compression.pruners import (
     ChannelPruning,
     Magnitude,
@@ -44,7 +45,9 @@ from distill.compression.pruning_strategies import (
     PruningStrategy,
     UnstructuredStrategy,
 )
-from distill.compression.quantization_callback import QuantizationCallback, WeightSharingSettings
+from distill.compression.quantization_callback import QuantizationCallback
+from distill.compression.quantization_settings import QuantizationSettings, WeightSharingSettings
+from distill.compression.quantizer import Quantizer
 from distill.compression.schedules import (
     AGPSchedule,
     IterativeSchedule,
@@ -75,6 +78,8 @@ __all__ = [
     "PruningCriterion",
     "PruningStrategy",
     "QuantizationCallback",
+    "QuantizationSettings",
+    "Quantizer",
     "RandomPruning",
     "SharedWeights",
     "SparsityLogger",
@@ -94,6 +99,8 @@ __all__ = [
     "expand_channel_mask",
     "find_activation_sites",
     "get_mask",
+    "get_weight_fake_quant",
+    "get_weight_sharing",
     "global_magnitude_masks",
     "kmeans_1d",
     "l1_channel_scores",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -276,4 +277,7 @@ def observers_of(model: nn.Module) -> dict[str, ActivationFakeQuant]:
     observers = getattr(model, OBSERVERS_ATTR, None)
     if not isinstance(observers, nn.ModuleDict):
         return {}
-    return {key.replace("/", "."): observer for key, observer in observers.items()}
+    return {
+        key.replace("/", "."): cast(ActivationFakeQuant, observer)
+        for key, observer in observers.items()
+    }

@@ -10,18 +10,19 @@ training only changes what the optimizer sees.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from distill.compression.masks import get_mask
+from distill.compression.parametrizations import get_mask, original
 
 
 def freeze_batchnorm(model: nn.Module) -> None:
     """Normalize with the running statistics and stop updating them."""
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+        if isinstance(module, _BatchNorm) and module.training:
             module.eval()
 
 
@@ -35,23 +36,22 @@ def fold_batchnorm_in_place(model: nn.Module, folds: Mapping[str, str]) -> None:
     a pruned channel has gamma = beta = 0, so it stays exactly zero.
     """
     for layer_name, norm_name in folds.items():
-        layer, norm = model.get_submodule(layer_name), model.get_submodule(norm_name)
-        factor = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-        shape = (-1,) + (1,) * (layer.weight.dim() - 1)
-        weight = _original(layer, "weight")
-        weight.mul_(factor.view(shape))
+        layer = model.get_submodule(layer_name)
+        norm = cast(_BatchNorm, model.get_submodule(norm_name))
+        running_mean, running_var = _tensor(norm.running_mean), _tensor(norm.running_var)
+        factor = _tensor(norm.weight) / torch.sqrt(running_var + norm.eps)
+        shape = (-1,) + (1,) * (_tensor(layer.weight).dim() - 1)
+        original(layer, "weight").mul_(factor.view(shape))
         if layer.bias is not None:
-            _original(layer, "bias").mul_(factor)
-        _original(norm, "bias").copy_(norm.bias - factor * norm.running_mean)
-        gamma = _original(norm, "weight")
+            original(layer, "bias").mul_(factor)
+        original(norm, "bias").copy_(_tensor(norm.bias) - factor * running_mean)
+        gamma = original(norm, "weight")
         keep = get_mask(norm, "weight")
         gamma.fill_(1.0) if keep is None else gamma.copy_(keep.mask.to(gamma.dtype))
-        norm.running_mean.zero_()
-        norm.running_var.fill_(1.0 - norm.eps)
+        running_mean.zero_()
+        running_var.fill_(1.0 - norm.eps)
 
 
-def _original(module: nn.Module, tensor_name: str) -> Tensor:
-    """The trainable tensor behind `module.<tensor_name>` (the original under parametrizations)."""
-    if parametrize.is_parametrized(module, tensor_name):
-        return module.parametrizations[tensor_name].original
-    return getattr(module, tensor_name)
+def _tensor(value: object) -> Tensor:
+    """`value`, which torch's stubs type loosely (a Module attribute, an optional buffer)."""
+    return cast(Tensor, value)

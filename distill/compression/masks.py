@@ -9,60 +9,29 @@ weight, so pruned weights stay exactly zero on the int8 grid.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TypeVar
-
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from distill.compression.parametrizations import (
+    find_parametrization,
+    get_mask,
+    original,
+    register,
+    tensor_of,
+)
+from distill.compression.weight_mask import WeightMask
 from distill.errors import ConfigError
 
-T = TypeVar("T", bound=nn.Module)
-
-
-class WeightMask(nn.Module):
-    """Parametrization `x -> x * mask` with a boolean `mask` buffer, all True at first.
-
-    Register it with `parametrize.register_parametrization(module, "weight", WeightMask(shape))`,
-    or with `attach_mask`, which also checks that it is the first parametrization.
-    """
-
-    mask: Tensor
-
-    def __init__(self, shape: Sequence[int], device: torch.device | str | None = None) -> None:
-        super().__init__()
-        # Boolean rather than float: a mask is never fractional, `model.half()` leaves it alone,
-        # and it is a quarter of the size in checkpoints.
-        self.register_buffer("mask", torch.ones(tuple(shape), dtype=torch.bool, device=device))
-
-    def forward(self, x: Tensor) -> Tensor:
-        # `where` instead of a multiply: same value and zero gradient at pruned positions, but no
-        # NaN if the original holds inf there, and +0.0 rather than -0.0 in baked weights.
-        return torch.where(self.mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
-
-    @property
-    def sparsity(self) -> float:
-        """Fraction of pruned (False) entries."""
-        return 1.0 - self.mask.sum().item() / max(self.mask.numel(), 1)
-
-    def extra_repr(self) -> str:
-        return f"shape={tuple(self.mask.shape)}, sparsity={self.sparsity:.3f}"
-
-
-def find_parametrization(module: nn.Module, tensor_name: str, kind: type[T]) -> T | None:
-    """The parametrization of type `kind` on `module.<tensor_name>`, or None if it has none."""
-    if not parametrize.is_parametrized(module, tensor_name):
-        return None
-    for parametrization in module.parametrizations[tensor_name]:
-        if isinstance(parametrization, kind):
-            return parametrization
-    return None
-
-
-def get_mask(module: nn.Module, tensor_name: str = "weight") -> WeightMask | None:
-    """The `WeightMask` on `module.<tensor_name>`, or None if it has none."""
-    return find_parametrization(module, tensor_name, WeightMask)
+__all__ = [
+    "WeightMask",
+    "attach_mask",
+    "bake_into",
+    "effective_state_dict",
+    "find_parametrization",
+    "get_mask",
+    "set_mask",
+]
 
 
 def attach_mask(module: nn.Module, tensor_name: str = "weight") -> WeightMask:
@@ -75,23 +44,10 @@ def attach_mask(module: nn.Module, tensor_name: str = "weight") -> WeightMask:
     existing = get_mask(module, tensor_name)
     if existing is not None:
         return existing
-    tensor = getattr(module, tensor_name, None)
-    if not isinstance(tensor, Tensor):
-        raise ConfigError(
-            "tensor_name",
-            tensor_name,
-            f"the name of a tensor of {type(module).__name__}, such as 'weight'",
-        )
-    if parametrize.is_parametrized(module, tensor_name):
-        # A mask after fake-quant would zero weights the quantizer has already seen.
-        raise ConfigError(
-            "tensor_name",
-            tensor_name,
-            "a tensor without parametrizations: the mask must come first, attach it before "
-            "fake-quant",
-        )
+    tensor = tensor_of(module, tensor_name)
     mask = WeightMask(tensor.shape, device=tensor.device)
-    parametrize.register_parametrization(module, tensor_name, mask)
+    # A mask after fake-quant would zero weights the quantizer has already seen: refused there.
+    register(module, tensor_name, mask)
     return mask
 
 
@@ -118,8 +74,7 @@ def set_mask(module: nn.Module, tensor_name: str, mask: Tensor) -> None:
         )
     with torch.no_grad():
         weight_mask.mask.copy_(mask)
-        original = module.parametrizations[tensor_name].original
-        original.masked_fill_(~weight_mask.mask, 0.0)
+        original(module, tensor_name).masked_fill_(~weight_mask.mask, 0.0)
 
 
 def effective_state_dict(model: nn.Module) -> dict[str, Tensor]:

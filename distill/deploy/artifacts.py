@@ -9,34 +9,36 @@
 - `compressed`: int8 weights, sparse encoding, lzma; restores the exact plain student.
 - `report.md` / `report.json` / `report.png`: everything side by side, with ratios.
 
-Everything is written into a staging directory that replaces `<run>/export/` only once every
-artifact has been produced and checked; `summary.json` is updated last. A failed export leaves
-the previous state untouched and nothing that claims to be complete.
+Each artifact has one small builder (`BUILDERS`, in the order they run) over one `ExportContext`
+computed once. Everything is written into a staging directory that replaces `<run>/export/`
+only once every artifact has been produced and checked (`produce_artifacts`, which leaves
+`summary.json` to its caller); `export_run` (`distill-export RUN_DIR`) then updates
+`summary.json` last. A failed export leaves the previous state untouched and nothing that
+claims to be complete.
 """
 
 from __future__ import annotations
 
-import copy
+import io
+import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from distill.checks import check_fits_data
-from distill.compression.activation_sites import (
-    ActivationQuantizer,
-    ActivationSites,
-    find_activation_sites,
-    observers_of,
-)
 from distill.compression.masks import bake_into
-from distill.compression.selection import prunable_layer_names
+from distill.compression.qdq import QParams
+from distill.compression.quantization_settings import QuantizationSettings
+from distill.compression.quantizer import Quantizer
 from distill.config import build
 from distill.deploy.compressed import load_compressed, save_compressed
 from distill.deploy.measure import (
@@ -52,255 +54,286 @@ from distill.deploy.onnx_runtime import (
     export_onnx,
     verify_optimization_levels,
 )
-from distill.deploy.qdq import build_qdq_model
 from distill.deploy.report import write_report
 from distill.deploy.run_dir import TrainedRun, load_trained_run
-from distill.deploy.slim import remove_zero_channels
+from distill.deploy.slim import SlimReport, remove_zero_channels
 from distill.errors import ConfigError
 from distill.files import atomic_write_json
-from distill.run_summary import SUMMARY_FILE, read_summary
 from distill.summary import count_parameters
 
 log = logging.getLogger(__name__)
 
 EXPORT_DIR = "export"
-PTQ_WEIGHT_BITS = 8
+PTQ_WEIGHT_BITS = 8  # weights of the post-training int8 model of a run trained in float
 MIN_INT8_AGREEMENT = 0.99  # with the fake-quant student it was exported from
 
+Entries = dict[str, dict[str, Any]]
+Rows = list[dict[str, Any]]
 
-def export_run(
-    run_dir: str | Path,
-    run: TrainedRun | None = None,
-    latency_repeats: int = 20,
-    teacher: nn.Module | None = None,
-) -> dict[str, dict[str, Any]]:
-    """`distill-export RUN_DIR`: produce, check and measure every artifact of a finished run,
-    then merge their entries into its `summary.json` (under `artifacts`; rows under
-    `deployment`), written last."""
+
+def export_run(run_dir: str | Path, latency_repeats: int = 20) -> Entries:
+    """`distill-export RUN_DIR`: produce, check and measure every artifact of the finished run
+    in `run_dir`, then merge their entries (under `artifacts`) and the deployment rows into its
+    `summary.json`, written last; returns the entries."""
     run_dir = Path(run_dir)
-    summary = read_summary(run_dir)
-    run = run or load_trained_run(run_dir)
-    entries, rows = export_artifacts(run_dir, run, latency_repeats, teacher)
-    summary["artifacts"] = {**summary.get("artifacts", {}), **entries}
-    summary["deployment"] = rows
-    atomic_write_json(run_dir / SUMMARY_FILE, summary)
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        raise ConfigError("run_dir", str(run_dir), "a finished run (it has no summary.json)")
+    entries, rows = produce_artifacts(load_trained_run(run_dir), run_dir, latency_repeats)
+    summary = json.loads(summary_path.read_text())
+    merge_into_summary(summary, entries, rows)
+    atomic_write_json(summary_path, summary)
     return entries
 
 
-def export_artifacts(
-    run_dir: Path,
-    run: TrainedRun,
-    latency_repeats: int = 20,
-    teacher: nn.Module | None = None,
-) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
-    """Produce, check and measure every artifact into `run_dir/export/` (swapped in whole once
-    all passed); returns their summary entries and the report's rows. Writes no summary."""
-    teacher = teacher if teacher is not None else run.teacher
+def merge_into_summary(summary: dict[str, Any], entries: Entries, rows: Rows) -> None:
+    """Add the export's artifact entries and deployment rows to a run's summary (in place)."""
+    summary["artifacts"] = {**summary.get("artifacts", {}), **entries}
+    summary["deployment"] = rows
+
+
+def produce_artifacts(
+    run: TrainedRun, run_dir: str | Path, latency_repeats: int = 20
+) -> tuple[Entries, Rows]:
+    """Produce, check and measure every artifact of `run` into `<run_dir>/export/` (swapped in
+    whole once all are done); returns their entries (paths relative to `run_dir`) and the
+    deployment rows. `summary.json` is not touched: the caller merges them into it."""
+    run_dir = Path(run_dir)
     if run.quantization is not None:
         run.quantization.check_exportable()
-    example = run.datamodule.example_input_batch(2)
     check_fits_data(run.student, run.datamodule, "student")
-    test_set = TestSet.from_loader(run.datamodule.test_dataloader())
-
     staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=".export-"))
     try:
-        entries, rows = _produce(run, test_set, example, staging, latency_repeats, teacher)
+        context = ExportContext.of(run, staging, latency_repeats)
+        for builder in BUILDERS:
+            builder(context)
         _publish(staging, run_dir / EXPORT_DIR)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    for entry in entries.values():
+    for entry in context.entries.values():
         entry["path"] = f"{EXPORT_DIR}/{entry['path']}"
-    return entries, rows
+    return context.entries, context.rows
 
 
-def _produce(
-    run: TrainedRun,
-    test_set: TestSet,
-    example: Tensor,
-    out: Path,
-    repeats: int,
-    teacher: nn.Module | None,
-) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
-    student, qat = run.student, run.quantization
-    plain = bake_into(student, build(run.cfg.student, "student")).eval()
-    plain_classes = predict(torch_predictor(plain), test_set.inputs)
-    slim = remove_zero_channels(plain, example[:1])
-    entries: dict[str, dict[str, Any]] = {}
-    rows: list[dict[str, Any]] = []
+@dataclass
+class ExportContext:
+    """What every artifact builder reads, computed once, and what they produced so far."""
 
-    def add(name: str, entry: dict[str, Any], runtime: str, **row: Any) -> None:
-        entries[name] = entry
-        rows.append({"name": name, "runtime": runtime, "bytes": entry.get("bytes"), **row})
+    run: TrainedRun
+    test_set: TestSet
+    example: Tensor  # a batch of two, to trace with a dynamic batch
+    plain_classes: np.ndarray  # the plain student's test predictions: the reference
+    repeats: int  # latency repeats
+    out: Path  # the staging directory
+    entries: Entries = field(default_factory=dict)
+    rows: Rows = field(default_factory=list)
 
-    if teacher is not None:
-        rows.append(
+    @classmethod
+    def of(cls, run: TrainedRun, out: Path, repeats: int) -> ExportContext:
+        test_set = TestSet.from_loader(run.datamodule.test_dataloader())
+        plain_classes = predict(torch_predictor(run.plain), test_set.inputs)
+        return cls(
+            run, test_set, run.datamodule.example_input_batch(2), plain_classes, repeats, out
+        )
+
+    @property
+    def plain(self) -> nn.Module:
+        return self.run.plain
+
+    @property
+    def slim(self) -> SlimReport:
+        return self.run.slim
+
+    def add(self, name: str, entry: dict[str, Any], runtime: str, **row: Any) -> None:
+        """Record artifact `name` and its row of the report."""
+        self.entries[name] = entry
+        self.rows.append({"name": name, "runtime": runtime, "bytes": entry.get("bytes"), **row})
+
+    def onnx_entry(self, path: Path, reference: np.ndarray, quantized: bool) -> dict[str, Any]:
+        """An ONNX file's entry: size, measurements against `reference`, opt-level checks."""
+        checks = verify_optimization_levels(path, self.test_set.inputs[:256], quantized=quantized)
+        entry: dict[str, Any] = {"path": path.name, "bytes": path.stat().st_size}
+        timed = OrtModel(path, threads=LATENCY_THREADS)
+        entry.update(measure(OrtModel(path), self.test_set, reference, self.repeats, timed=timed))
+        entry.update(checks)
+        return entry
+
+    def calibrate(self, quantizer: Quantizer, float_model: nn.Module) -> dict[str, QParams]:
+        """Static post-training calibration of `float_model` on training batches."""
+        calibration = quantizer.prepare_static(float_model, self.example)
+        quantizer.calibrate(calibration, _inputs(self.run.datamodule.train_dataloader()))
+        return quantizer.qparams(calibration)
+
+
+def _inputs(loader: Any) -> Iterator[Tensor]:
+    for batch in loader:
+        yield batch[0]
+
+
+# -- the builders, in the order they run --------------------------------------------------
+# Torch rows first: onnxruntime threads spin for a while after each run, and would steal the
+# cores from a torch model timed right after them.
+
+
+def baselines(context: ExportContext) -> None:
+    """The rows the artifacts are compared with: the teacher (if any) and the dense student."""
+    run, plain, slim = context.run, context.plain, context.slim
+    if run.teacher is not None:
+        context.rows.append(
             {
                 "name": "teacher",
                 "runtime": "torch eager",
-                "params": count_parameters(teacher),
-                **measure(torch_predictor(teacher), test_set, None, repeats),
+                "params": count_parameters(run.teacher),
+                **measure(torch_predictor(run.teacher), context.test_set, None, context.repeats),
             }
         )
-    rows.append(
+    measured = measure(
+        torch_predictor(plain), context.test_set, context.plain_classes, context.repeats
+    )
+    context.rows.append(
         {
             "name": "student",
             "runtime": "torch eager",
             "bytes": _state_bytes(plain),
             "params": slim.params_before,
             "macs": slim.macs_before,
-            **measure(torch_predictor(plain), test_set, plain_classes, repeats),
+            **measured,
             "note": "dense fp32 student as trained (baseline)",
         }
     )
 
-    # Torch rows first: onnxruntime threads spin for a while after each run, and would steal
-    # the cores from a torch model timed right after them.
-    # 1. compressed checkpoint, loaded back and run
-    student_config = OmegaConf.to_container(run.cfg.student, resolve=True)
-    compressed = save_compressed(student, out / "student.dcmp", student_config)
-    restored = load_compressed(out / "student.dcmp")
+
+def compressed(context: ExportContext) -> None:
+    """The compressed checkpoint, loaded back, checked to restore the plain student, and run."""
+    run, path = context.run, context.out / "student.dcmp"
+    student_config = cast(dict[str, Any], OmegaConf.to_container(run.cfg.student, resolve=True))
+    entry = save_compressed(run.student, path, student_config)
+    restored = load_compressed(path)
     exact = all(
-        torch.equal(value, restored.state_dict()[key]) for key, value in plain.state_dict().items()
+        torch.equal(value, restored.state_dict()[key])
+        for key, value in context.plain.state_dict().items()
     )
     if not exact:
         raise ExportError("the compressed student does not restore the trained student exactly")
-    compressed.update(measure(torch_predictor(restored), test_set, plain_classes, repeats))
-    add(
+    entry.update(
+        measure(torch_predictor(restored), context.test_set, context.plain_classes, context.repeats)
+    )
+    context.add(
         "compressed",
-        compressed,
+        entry,
         "torch eager (restored)",
-        params=slim.params_before,
-        note=f"{compressed['ratio']:.1f}x smaller than the dense fp32 checkpoint",
-        **{k: v for k, v in compressed.items() if k in _MEASURED},
+        params=context.slim.params_before,
+        note=f"{entry['ratio']:.1f}x smaller than the dense fp32 checkpoint",
+        **{k: v for k, v in entry.items() if k in _MEASURED},
     )
 
-    # 2. fp32 ONNX of the slimmed student
-    fp32_path = export_onnx(slim.model, example, out / "student_fp32.onnx")
-    fp32 = _onnx_entry(fp32_path, test_set, plain_classes, repeats, quantized=False)
-    add("onnx_fp32", fp32, "onnxruntime", params=slim.params_after, macs=slim.macs_after, **fp32)
 
-    # 3. int8 ONNX: scales learned in QAT, or static calibration
+def onnx_fp32(context: ExportContext) -> None:
+    """The slimmed student as fp32 ONNX."""
+    slim = context.slim
+    path = export_onnx(slim.model, context.example, context.out / "student_fp32.onnx")
+    entry = context.onnx_entry(path, context.plain_classes, quantized=False)
+    context.add(
+        "onnx_fp32", entry, "onnxruntime", params=slim.params_after, macs=slim.macs_after, **entry
+    )
+
+
+def onnx_int8(context: ExportContext) -> None:
+    """The int8 QDQ ONNX of the slimmed student: the scales learned in QAT, or, for a run
+    without activation QAT, static calibration; checked against the model it simulates."""
+    run, plain, slim = context.run, context.plain, context.slim
+    qat = run.quantization
     if qat is not None and qat.activations:
-        sites = qat.sites
-        qparams = _observed_qparams(student)
-        layer_bits = dict(qat.layers)
-        reference = predict(torch_predictor(student), test_set.inputs)  # fake-quant student
+        quantizer = qat.quantizer
+        qparams = quantizer.qparams(run.student)
+        reference = predict(torch_predictor(run.student), context.test_set.inputs)  # fake-quant
         method = "qat"
     else:
-        bits = dict(qat.layers) if qat is not None else _all_layers(plain, PTQ_WEIGHT_BITS)
-        sites, qparams = _calibrate(plain, run, example)
-        layer_bits = bits
+        quantizer = Quantizer(
+            qat.settings if qat is not None else QuantizationSettings(weight_bits=PTQ_WEIGHT_BITS)
+        )
+        qparams = context.calibrate(quantizer, plain)
         reference = predict(
-            torch_predictor(build_qdq_model(plain, sites.names, qparams, bits, sites.folds)),
-            test_set.inputs,
+            torch_predictor(quantizer.convert(plain, qparams)), context.test_set.inputs
         )
         method = "ptq_static"
-    int8_model = build_qdq_model(slim.model, sites.names, qparams, layer_bits, sites.folds)
-    int8_path = export_onnx(int8_model, example, out / "student_int8.onnx")
-    int8 = _onnx_entry(int8_path, test_set, reference, repeats, quantized=True)
-    int8["method"] = method
-    int8["weight_bits"] = sorted(set(layer_bits.values()))
-    if int8["agreement"] < MIN_INT8_AGREEMENT:
+    int8_model = quantizer.convert(slim.model, qparams)
+    path = export_onnx(int8_model, context.example, context.out / "student_int8.onnx")
+    entry = context.onnx_entry(path, reference, quantized=True)
+    entry["method"] = method
+    entry["weight_bits"] = sorted(set(quantizer.layers.values()))
+    if entry["agreement"] < MIN_INT8_AGREEMENT:
         log.warning(
             "onnx_int8 agrees with the fake-quant torch student on %.2f%% of the test set "
             "(< %.0f%%): onnxruntime's int8 kernels compute differently here; on CPUs without "
             "VNNI try 7-bit weights (quantization=qat_int7)",
-            100 * int8["agreement"],
+            100 * entry["agreement"],
             100 * MIN_INT8_AGREEMENT,
         )
-    add("onnx_int8", int8, "onnxruntime", params=slim.params_after, macs=slim.macs_after, **int8)
+    context.add(
+        "onnx_int8", entry, "onnxruntime", params=slim.params_after, macs=slim.macs_after, **entry
+    )
 
-    # 4. post-training baselines
-    if method == "qat":
-        float_plain = _without_weight_fake_quant(student, run)
-        ptq_sites, ptq_qparams = _calibrate(float_plain, run, example)
-        ptq_model = build_qdq_model(
-            remove_zero_channels(float_plain, example[:1]).model,
-            ptq_sites.names,
-            ptq_qparams,
-            layer_bits,
-            ptq_sites.folds,
-        )
-        ptq_reference = predict(
-            torch_predictor(
-                build_qdq_model(
-                    float_plain, ptq_sites.names, ptq_qparams, layer_bits, ptq_sites.folds
-                )
-            ),
-            test_set.inputs,
-        )
-        ptq_path = export_onnx(ptq_model, example, out / "student_int8_ptq_static.onnx")
-        ptq = _onnx_entry(ptq_path, test_set, ptq_reference, repeats, quantized=True)
-        ptq["method"] = "ptq_static"
-        add("onnx_int8_ptq_static", ptq, "onnxruntime", params=slim.params_after, **ptq)
-    dynamic_path = _quantize_dynamic(fp32_path, out / "student_int8_dynamic.onnx")
-    dynamic = _onnx_entry(dynamic_path, test_set, plain_classes, repeats, quantized=True)
-    dynamic["method"] = "ptq_dynamic"
-    add("onnx_int8_dynamic", dynamic, "onnxruntime", params=slim.params_after, **dynamic)
 
-    # 5. the report
-    entries.update(write_report(out, rows, baseline="student", title="distill deployment report"))
-    return entries, rows
+def onnx_int8_ptq_static(context: ExportContext) -> None:
+    """For a QAT run, the post-training baseline: its float weights (masked, shared) calibrated
+    statically with the same layers and sites."""
+    run, qat = context.run, context.run.quantization
+    if qat is None or not qat.activations:
+        return  # onnx_int8 is this baseline already
+    with qat.quantizer.float_weights(run.student):
+        float_plain = bake_into(run.student, build(run.cfg.student, "student")).eval()
+    quantizer = Quantizer(qat.settings)
+    qparams = context.calibrate(quantizer, float_plain)
+    slim = remove_zero_channels(float_plain, context.example[:1]).model
+    reference = predict(
+        torch_predictor(quantizer.convert(float_plain, qparams)), context.test_set.inputs
+    )
+    path = export_onnx(
+        quantizer.convert(slim, qparams),
+        context.example,
+        context.out / "student_int8_ptq_static.onnx",
+    )
+    entry = context.onnx_entry(path, reference, quantized=True)
+    entry["method"] = "ptq_static"
+    context.add(
+        "onnx_int8_ptq_static", entry, "onnxruntime", params=context.slim.params_after, **entry
+    )
+
+
+def onnx_int8_dynamic(context: ExportContext) -> None:
+    """onnxruntime's dynamic quantization of the fp32 ONNX: int8 weights, activation scales
+    computed at run time."""
+    fp32_path = context.out / context.entries["onnx_fp32"]["path"]
+    path = _quantize_dynamic(fp32_path, context.out / "student_int8_dynamic.onnx")
+    entry = context.onnx_entry(path, context.plain_classes, quantized=True)
+    entry["method"] = "ptq_dynamic"
+    context.add(
+        "onnx_int8_dynamic", entry, "onnxruntime", params=context.slim.params_after, **entry
+    )
+
+
+def report(context: ExportContext) -> None:
+    """report.md / report.json / report.png over every row."""
+    context.entries.update(
+        write_report(
+            context.out, context.rows, baseline="student", title="distill deployment report"
+        )
+    )
+
+
+BUILDERS: tuple[Callable[[ExportContext], None], ...] = (
+    baselines,
+    compressed,
+    onnx_fp32,
+    onnx_int8,
+    onnx_int8_ptq_static,
+    onnx_int8_dynamic,
+    report,
+)
 
 
 _MEASURED = ("test_acc", "agreement", "latency_ms_bs1", "latency_ms_bs64")
-
-
-def _onnx_entry(
-    path: Path, test_set: TestSet, reference, repeats: int, quantized: bool
-) -> dict[str, Any]:
-    checks = verify_optimization_levels(path, test_set.inputs[:256], quantized=quantized)
-    entry = {"path": path.name, "bytes": path.stat().st_size}
-    timed = OrtModel(path, threads=LATENCY_THREADS)
-    entry.update(measure(OrtModel(path), test_set, reference, repeats, timed=timed))
-    entry.update(checks)
-    return entry
-
-
-def _observed_qparams(student: nn.Module) -> dict[str, tuple[float, int]]:
-    qparams = {}
-    for site, observer in observers_of(student).items():
-        if not bool(observer.initialized):
-            raise ConfigError(
-                "quantization.start_epoch",
-                "after the last epoch",
-                f"a QAT phase that saw data: the observer at {site!r} never ran (start QAT "
-                "before the final epoch)",
-            )
-        scale, zero_point = observer.qparams()
-        qparams[site] = (float(scale), int(zero_point))
-    return qparams
-
-
-def _calibrate(
-    plain: nn.Module, run: TrainedRun, example: Tensor, momentum: float = 0.1
-) -> tuple[ActivationSites, dict[str, tuple[float, int]]]:
-    """Static post-training calibration: observers at the same sites, fed training batches."""
-    model = copy.deepcopy(plain).eval()
-    sites = find_activation_sites(model, example)
-    quantizer = ActivationQuantizer(sites, momentum)
-    observers = quantizer.attach(model)
-    for observer in observers.values():
-        observer.observing.fill_(True)
-        observer.train()
-    batches = run.quantization.calibration_batches if run.quantization else 32
-    with torch.no_grad():
-        for index, batch in enumerate(run.datamodule.train_dataloader()):
-            if index >= batches:
-                break
-            model(batch[0])
-    quantizer.detach()
-    return sites, _observed_qparams(model)
-
-
-def _all_layers(model: nn.Module, bits: int) -> dict[str, int]:
-    return dict.fromkeys(prunable_layer_names(model), bits)
-
-
-def _without_weight_fake_quant(student: nn.Module, run: TrainedRun) -> nn.Module:
-    """The run's float weights (masked, shared) without weight fake-quant: the PTQ baseline."""
-    with run.quantization.float_weights(student):
-        return bake_into(student, build(run.cfg.student, "student")).eval()
 
 
 def _quantize_dynamic(fp32_path: Path, path: Path) -> Path:
@@ -318,8 +351,6 @@ def _quantize_dynamic(fp32_path: Path, path: Path) -> Path:
 
 
 def _state_bytes(model: nn.Module) -> int:
-    import io
-
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return buffer.tell()

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from distill.compression import PruningCallback
+from distill.assembly import attach_compression
+from distill.compression.masks import bake_into
 from distill.compression.quantization_callback import QuantizationCallback
 from distill.config import build
 from distill.data import ClassificationDataModule
+from distill.deploy.slim import SlimReport, remove_zero_channels
 from distill.errors import ConfigError
 from distill.files import atomic_write
 from distill.teacher import load_weights
@@ -27,13 +31,36 @@ LAST_CHECKPOINT = "checkpoints/last.ckpt"
 
 @dataclass
 class TrainedRun:
-    """What an export needs from a run: its config, data, and the student with its hooks."""
+    """What an export needs from a run: its config, data, the student with its hooks, and the
+    student baked (`plain`, by `from_student`) and slimmed (`slim`, on first use), each computed
+    once for every user (the slim file, the export)."""
 
     cfg: DictConfig
     datamodule: ClassificationDataModule
     student: nn.Module  # masks, fake-quant and observers attached and loaded
     quantization: QuantizationCallback | None
+    plain: nn.Module  # effective weights in a freshly built student, eval mode
     teacher: nn.Module | None = None  # for the report's teacher row, when its weights exist
+
+    @functools.cached_property
+    def slim(self) -> SlimReport:
+        """`plain` with its all-zero channels removed. Computed when first asked for: a run
+        that neither prunes channels nor exports never needs it (nor a student Torch-Pruning
+        can trace)."""
+        return remove_zero_channels(self.plain, self.datamodule.example_input_batch(2)[:1])
+
+    @classmethod
+    def from_student(
+        cls,
+        cfg: DictConfig,
+        datamodule: ClassificationDataModule,
+        student: nn.Module,
+        quantization: QuantizationCallback | None,
+        teacher: nn.Module | None = None,
+    ) -> TrainedRun:
+        """The run of a trained `student`, baked once into a fresh model of its config."""
+        plain = bake_into(student, build(cfg.student, "student")).eval()
+        return cls(cfg, datamodule, student.eval(), quantization, plain, teacher)
 
 
 def save_run_config(cfg: DictConfig, run_dir: Path) -> Path:
@@ -50,7 +77,7 @@ def load_run_config(run_dir: Path) -> DictConfig:
         raise ConfigError(
             "run_dir", str(run_dir), f"a distill-train run directory (no {CONFIG_FILE} there)"
         )
-    cfg = OmegaConf.load(path)
+    cfg = cast(DictConfig, OmegaConf.load(path))
     # Hydra's own resolvers are gone outside `distill-train`; the run directory is this one.
     cfg.paths.output_dir = str(run_dir)
     return cfg
@@ -79,20 +106,8 @@ def load_student_state(run_dir: Path) -> dict[str, Tensor]:
     )
 
 
-def build_compression(
-    cfg: DictConfig, student: nn.Module, example_inputs: Tensor
-) -> tuple[PruningCallback | None, QuantizationCallback | None]:
-    """Attach the run's masks, then its fake-quant, in that order (the mask comes first)."""
-    pruning = build(cfg.pruning, "pruning") if cfg.get("pruning") else None
-    if pruning is not None:
-        pruning.attach(student, example_inputs)
-    quantization = build(cfg.quantization, "quantization") if cfg.get("quantization") else None
-    if quantization is not None:
-        quantization.attach(student, example_inputs)
-    return pruning, quantization
-
-
 def load_trained_run(run_dir: Path) -> TrainedRun:
+    """Rebuild a finished run's student (masks, fake-quant, observers) and load its state."""
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     state = load_student_state(run_dir)
@@ -100,7 +115,8 @@ def load_trained_run(run_dir: Path) -> TrainedRun:
     datamodule.setup("fit")
     datamodule.setup("test")
     student: nn.Module = build(cfg.student, "student")
-    _, quantization = build_compression(cfg, student, datamodule.example_input_batch(2))
+    example = datamodule.example_input_batch(2)
+    compression = attach_compression(cfg, student, example, cfg.trainer.get("max_epochs"))
     missing, unexpected = student.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ConfigError(
@@ -109,7 +125,8 @@ def load_trained_run(run_dir: Path) -> TrainedRun:
             f"a student state matching the run's config (missing keys {missing[:5]}, "
             f"unexpected keys {unexpected[:5]})",
         )
-    return TrainedRun(cfg, datamodule, student.eval(), quantization, load_teacher(cfg, run_dir))
+    teacher = load_teacher(cfg, run_dir)
+    return TrainedRun.from_student(cfg, datamodule, student, compression.quantization, teacher)
 
 
 def load_teacher(cfg: DictConfig, run_dir: Path) -> nn.Module | None:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.export import Dim
 
-from distill.deploy.slim import remove_zero_channels
+from distill.deploy.slim import SlimReport
 from distill.files import atomic_write
 
 SLIM_FILE = "student_slim.pt2"
@@ -26,9 +26,9 @@ def export_with_dynamic_batch(model: nn.Module, example_inputs: Tensor) -> Any:
     return torch.export.export(model, (example_inputs,), dynamic_shapes=({0: batch},))
 
 
-def save_slim(plain_student: nn.Module, example_inputs: Tensor, run_dir: Path) -> dict[str, Any]:
-    """Remove zeroed channels from `plain_student`, save the result, and describe it."""
-    report = remove_zero_channels(plain_student, example_inputs[:1])
+def save_slim(report: SlimReport, example_inputs: Tensor, run_dir: Path) -> dict[str, Any]:
+    """Save the slimmed student of `report` (`remove_zero_channels` of the baked student) and
+    describe it; `example_inputs` (a batch of two or more) traces it with a dynamic batch."""
     program = export_with_dynamic_batch(report.model, example_inputs)
     path = atomic_write(run_dir / SLIM_FILE, lambda handle: torch.export.save(program, handle))
     return {

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from distill.cli.export import main as export_main
+from distill.compression import Quantizer
 from distill.config import build
-from distill.deploy import artifacts as artifacts_module
 from distill.deploy.artifacts import export_run
 from distill.deploy.compressed import load_compressed
 from distill.deploy.onnx_runtime import OrtModel, export_onnx
@@ -150,7 +150,7 @@ def test_a_failed_export_leaves_no_artifact_and_the_summary_untouched(
     def broken(*args, **kwargs):
         raise ExportError("simulated failure in the int8 export")
 
-    monkeypatch.setattr(artifacts_module, "build_qdq_model", broken)
+    monkeypatch.setattr(Quantizer, "convert", broken)
     with pytest.raises(ExportError, match="simulated"):
         export_run(copy, latency_repeats=1)
     assert not (copy / "export").exists()

@@ -129,7 +129,7 @@ def test_config_option_composes_and_instantiates(group, option, compose_cfg, tmp
             datamodule = build(cfg.data, "data")
             student = build(cfg.student, "student")
             quantization.attach(student, datamodule.example_input_batch(2))
-            assert quantization.layers and quantization.activation_quantizer.sites.names
+            assert quantization.layers and quantization.sites.names
             quantization.check_exportable()  # every shipped setting exports to int8 ONNX
     elif group == "paths":
         assert cfg.paths.output_dir.endswith("run")

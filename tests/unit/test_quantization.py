@@ -30,9 +30,9 @@ from distill.compression import (
 )
 from distill.compression.activation_sites import INPUT_SITE, observers_of
 from distill.compression.batchnorm import fold_batchnorm_in_place, freeze_batchnorm
+from distill.compression.qdq import QDQLayer, build_qdq_model
 from distill.compression.quantization_callback import get_weight_fake_quant
 from distill.data.resumable import ResumableDataLoader
-from distill.deploy.qdq import QDQLayer, build_qdq_model
 from distill.errors import ConfigError
 from distill.losses import CrossEntropy, WeightedSum
 from distill.module import DistillationModule
@@ -561,7 +561,7 @@ def _deployed(batchnorm: str, build=Net) -> tuple[nn.Module, nn.Module, Quantiza
     for site, observer in observers_of(model).items():
         scale, zero_point = observer.qparams()
         qparams[site] = (float(scale), int(zero_point))
-    sites = callback.activation_quantizer.sites
+    sites = callback.sites
     plain = bake_into(model, with_stats(build())).eval()
     qdq_model = build_qdq_model(plain, sites.names, qparams, dict(callback.layers), sites.folds)
     return model, qdq_model, callback
@@ -599,7 +599,7 @@ def test_qdq_model_matches_the_fake_quant_student(batchnorm, build):
     probe = torch.randn(256, *IMAGE, generator=torch.Generator().manual_seed(12))
     with torch.no_grad():
         simulated, deployed, floating = student(probe), qdq_model(probe), float_model(probe)
-    logits_site = callback.activation_quantizer.sites.names[-1]  # the classifier's output
+    logits_site = callback.sites.names[-1]  # the classifier's output
     assert logits_site in ("fc", "features.8")
     output_step = float(observers_of(student)[logits_site].qparams()[0])
     diff = (deployed - simulated).abs().max()

@@ -13,7 +13,8 @@ symmetric scale per output channel, zero point 0; the bias stays float.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 
 # Registers torch.ops.quantized_decomposed (the ops the ONNX exporter maps to Q/DQ).
 from torch.ao.quantization.fx import _decomposed  # noqa: F401
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from distill.compression.activation_sites import INPUT_SITE, SiteHooks
@@ -75,7 +77,7 @@ class QDQLayer(nn.Module):
         return conv(x, weight, self.bias, **self.conv_args)
 
 
-def qdq(scale: float, zero_point: int):
+def qdq(scale: float, zero_point: int) -> Callable[[Tensor], Tensor]:
     """quantize -> dequantize with frozen uint8 parameters (QuantizeLinear/DequantizeLinear)."""
     qmin, qmax = ACTIVATION_RANGE
 
@@ -90,9 +92,13 @@ def fold_batchnorms(model: nn.Module, folds: Mapping[str, str]) -> nn.Module:
     """Fold each BatchNorm into the conv/linear before it (eval statistics); the norm becomes an
     Identity under its own name, so activation sites keep their names."""
     for layer_name, norm_name in folds.items():
-        layer, norm = model.get_submodule(layer_name), model.get_submodule(norm_name)
-        fuse = fuse_linear_bn_eval if isinstance(layer, nn.Linear) else fuse_conv_bn_eval
-        _replace(model, layer_name, fuse(layer.eval(), norm.eval()))
+        layer = model.get_submodule(layer_name).eval()
+        norm = cast(_BatchNorm, model.get_submodule(norm_name).eval())
+        if isinstance(layer, nn.Linear):
+            fused: nn.Module = fuse_linear_bn_eval(layer, norm)
+        else:
+            fused = fuse_conv_bn_eval(cast(nn.Conv2d, layer), norm)  # Conv1d or Conv2d
+        _replace(model, layer_name, fused)
         _replace(model, norm_name, nn.Identity())
     return model
 
@@ -120,12 +126,14 @@ def build_qdq_model(
             # Attention reads `out_proj.weight` itself instead of calling the layer; it keeps
             # its float weight (which already holds the fake-quantized values).
             continue
-        _replace(model, name, QDQLayer(model.get_submodule(name), bits))
+        layer = cast(nn.Conv1d | nn.Conv2d | nn.Linear, model.get_submodule(name))
+        _replace(model, name, QDQLayer(layer, bits))
     ordered = [site for site in sites if site != INPUT_SITE]
     if INPUT_SITE in sites:
         ordered.insert(0, INPUT_SITE)
     # The hooks stay registered on the returned model for as long as it lives.
-    model._qdq_hooks = SiteHooks(model, ordered, lambda site: qdq(*qparams[site]))
+    hooks = SiteHooks(model, ordered, lambda site: qdq(*qparams[site]))
+    setattr(model, "_qdq_hooks", hooks)  # noqa: B010 (nn.Module's attributes are typed loosely)
     return model
 
 
