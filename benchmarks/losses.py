@@ -20,7 +20,6 @@ from distill.cli.train import CONF_DIR
 from distill.config import build, build_named
 from distill.losses import WeightedSum
 from distill.module import DistillationModule
-from distill.pipeline import prepare_loss
 
 
 def step_for(cfg, loss_names: list[str], datamodule):
@@ -31,14 +30,16 @@ def step_for(cfg, loss_names: list[str], datamodule):
     loss = WeightedSum(build_named(run.loss, "loss"))
     student = build(run.student, "student")
     teacher = build(run.teacher.model, "teacher.model")
-    prepare_loss(loss, student, teacher, datamodule)
     module = DistillationModule(
         student,
         loss,
         optimizer=build(run.optimizer, "optimizer"),
         num_classes=datamodule.num_classes,
         teacher=teacher,
+        example_inputs=datamodule.example_input_batch(2),
+        num_train_samples=len(datamodule.train_dataset),
     )
+    datamodule.return_indices = module.requires_indices
     module.log = lambda *args, **kwargs: None  # outside a Trainer there is nowhere to log
     module.on_fit_start()
     optimizer = module.optimizer_factory(module.trainable_parameters())

@@ -33,12 +33,10 @@ from distill.data import ClassificationDataModule
 from distill.deploy import save_slim
 from distill.deploy.artifacts import export_run
 from distill.deploy.run_dir import STUDENT_STATE_FILE, TrainedRun, save_run_config
-from distill.ensemble import TeacherEnsemble
 from distill.errors import ConfigError
 from distill.files import atomic_write, atomic_write_json
 from distill.losses import WeightedSum
-from distill.module import DistillationModule, build_loss_terms
-from distill.provision import build_teachers, data_material, provide_teachers, teacher_nodes
+from distill.module import DistillationModule
 from distill.summary import (
     artifact,
     count_nonzero_parameters,
@@ -46,9 +44,16 @@ from distill.summary import (
     print_summary,
     weight_sparsity,
 )
-from distill.taps import FeatureTaps
-from distill.teacher import FrozenTeacher
-from distill.teacher_outputs import cached_teacher_outputs
+from distill.teachers import (
+    Teacher,
+    build_teachers,
+    cached_teacher_outputs,
+    data_fingerprint,
+    ensemble_rule,
+    provide_teachers,
+    teacher_specs,
+    teacher_trainer_factory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +75,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loss = WeightedSum(build_named(cfg.loss, "loss"))
     student: nn.Module = build(cfg.student, "student")
     check_fits_data(student, datamodule, "student")
-    teacher = build_teachers(cfg, datamodule) if loss.requires_teacher else None
+    specs = teacher_specs(cfg) if loss.requires_teacher else {}
+    teacher = build_teachers(specs, datamodule, ensemble_rule(cfg)) if specs else None
     use_output_cache, cache_reason = plan_teacher_output_cache(cfg, teacher, datamodule)
-    teacher_taps = prepare_loss(loss, student, teacher, datamodule)
-    datamodule.return_indices |= use_output_cache
     optimizer = build(cfg.optimizer, "optimizer")
     lr_scheduler = build(cfg.lr_scheduler, "lr_scheduler") if cfg.lr_scheduler else None
+    # Built before the teacher is trained: it checks every feature tap and sizes the loss
+    # terms' adapters and banks (only shapes matter, so an untrained teacher will do), and a
+    # shape that cannot be matched stops the run here.
+    module = DistillationModule(
+        student,
+        loss,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        num_classes=datamodule.num_classes,
+        teacher=teacher,
+        example_inputs=datamodule.example_input_batch(2),
+        num_train_samples=len(datamodule.train_dataset),
+    )
+    datamodule.return_indices = module.requires_indices or use_output_cache
     callbacks = list(build_named(cfg.callbacks, "callbacks").values())
     pruning: PruningCallback | None = build(cfg.pruning, "pruning") if cfg.get("pruning") else None
     if pruning is not None:
@@ -100,26 +118,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     teacher_facts: dict[str, Any] = {}
     teacher_started = time.perf_counter()
     if teacher is not None:
-        teacher_facts = provide_teachers(cfg, teacher, datamodule)
+        teacher_facts = provide_teachers(
+            teacher,
+            specs,
+            data_fingerprint(cfg.data),
+            seed=cfg.seed,
+            trainer_factory=teacher_trainer_factory(cfg.trainer),
+            datamodule=datamodule,
+            run_dir=run_dir,
+        )
     teacher_s = time.perf_counter() - teacher_started
-    teacher_outputs, cache_facts = None, {"used": False, "reason": cache_reason}
-    if use_output_cache:
+    cache_facts: dict[str, Any] = {"used": False, "reason": cache_reason}
+    if use_output_cache and teacher is not None:
         teacher_outputs, cache_facts = cached_teacher_outputs(
-            FrozenTeacher(teacher),
-            teacher_taps,
+            teacher,
+            module.teacher_taps,
             datamodule.train_dataset,
             Path(cfg.paths.cache_dir) / "teacher_outputs",
-            material={"data": data_material(cfg), "split_seed": cfg.seed},
+            material={"data": data_fingerprint(cfg.data), "split_seed": cfg.seed},
         )
-    module = DistillationModule(
-        student,
-        loss,
-        optimizer=optimizer,
-        lr_scheduler=lr_scheduler,
-        num_classes=datamodule.num_classes,
-        teacher=teacher,
-        teacher_outputs=teacher_outputs,
-    )
+        module.use_teacher_outputs(teacher_outputs)
 
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -200,16 +218,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         },
     }
     if teacher is not None:
-        summary["teacher"] = {
-            "target": (
-                cfg.teacher.model._target_
-                if len(teacher_nodes(cfg)) == 1
-                else "distill.ensemble.TeacherEnsemble"
-            ),
-            "test_acc": results["test/teacher_acc"],
-            "params_total": count_parameters(teacher),
-            **teacher_facts,
-        }
+        summary["teacher"] = teacher.describe(results["test/teacher_acc"], teacher_facts)
     if quantization is not None:
         summary["quantization"] = quantization.describe()
     atomic_write_json(run_dir / "summary.json", summary)
@@ -233,37 +242,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def prepare_loss(
-    loss: WeightedSum,
-    student: nn.Module,
-    teacher: nn.Module | None,
-    datamodule: ClassificationDataModule,
-) -> FeatureTaps:
-    """Check every feature tap and size the loss terms' adapters and banks, before training.
-
-    Returns the teacher's taps (what a teacher-output cache must store).
-    """
-    terms = loss.terms.values()
-    student_taps = FeatureTaps(
-        student, [key for term in terms for key in term.student_taps], "loss (student tap)"
-    )
-    teacher_taps = FeatureTaps(
-        teacher if teacher is not None else nn.Identity(),
-        [key for term in terms for key in term.teacher_taps],
-        "loss (teacher tap)",
-        prefixes=teacher.tap_prefixes() if isinstance(teacher, TeacherEnsemble) else None,
-    )
-    datamodule.return_indices = any(term.requires_indices for term in terms)
-    build_loss_terms(
-        loss,
-        student_taps,
-        teacher_taps,
-        datamodule.example_input_batch(2),
-        num_train_samples=len(datamodule.train_dataset),
-    )
-    return teacher_taps
-
-
 def check_quantization_exportable(
     quantization: QuantizationCallback, max_epochs: int | None
 ) -> None:
@@ -285,7 +263,7 @@ CACHE_MODES = ("auto", "on", "off")
 
 
 def plan_teacher_output_cache(
-    cfg: DictConfig, teacher: nn.Module | None, datamodule: ClassificationDataModule
+    cfg: DictConfig, teacher: Teacher | None, datamodule: ClassificationDataModule
 ) -> tuple[bool, str | None]:
     """Whether to compute teacher outputs once, and if not, why (for the log and summary)."""
     mode = cfg.get("teacher_output_cache", "off")
@@ -299,8 +277,8 @@ def plan_teacher_output_cache(
             "the training inputs are randomly augmented, so teacher outputs change every epoch "
             "(turn augmentation off, e.g. data.augment=false, to cache them)"
         )
-    elif isinstance(teacher, TeacherEnsemble):
-        reason = "teacher ensembles are not cached yet"
+    elif teacher.output_cache_refusal() is not None:
+        reason = teacher.output_cache_refusal()
     elif mode == "off":
         reason = "teacher_output_cache=off"
     if mode == "on" and reason is not None:

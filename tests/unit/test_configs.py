@@ -8,10 +8,11 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from distill.checks import check_fits_data
 from distill.config import build, build_named
 from distill.data import ClassificationDataModule, write_cifar_batches
 from distill.losses import LossTerm, WeightedSum
-from distill.pipeline import check_fits_data, prepare_loss
+from distill.module import DistillationModule
 
 from ..conftest import CONF_DIR, config_options
 
@@ -80,7 +81,15 @@ def test_config_option_composes_and_instantiates(group, option, compose_cfg, tmp
         if group == "experiment":
             # Every tap the recipe's loss names exists, and adapters/heads size themselves.
             loss = WeightedSum(build_named(cfg.loss, "loss"))
-            prepare_loss(loss, models["student"], models["teacher.model"], datamodule)
+            DistillationModule(
+                models["student"],
+                loss,
+                optimizer=build(cfg.optimizer, "optimizer"),
+                num_classes=datamodule.num_classes,
+                teacher=models["teacher.model"],
+                example_inputs=datamodule.example_input_batch(2),
+                num_train_samples=len(datamodule.train_dataset),
+            )
         optimizer = build(cfg.teacher.train.optimizer, "teacher.train.optimizer")
         torch_optimizer = optimizer(model.parameters())
         build(cfg.teacher.train.lr_scheduler, "teacher.train.lr_scheduler")(torch_optimizer)

@@ -13,7 +13,6 @@ import torch
 from distill.config import build, build_named
 from distill.losses import WeightedSum
 from distill.module import DistillationModule
-from distill.pipeline import prepare_loss
 
 from ..conftest import config_options
 
@@ -29,14 +28,16 @@ def test_loss_config_trains_the_student(name, compose_cfg):
     loss = WeightedSum(build_named(cfg.loss, "loss"))
     student = build(cfg.student, "student")
     teacher = build(cfg.teacher.model, "teacher.model") if loss.requires_teacher else None
-    prepare_loss(loss, student, teacher, datamodule)
     module = DistillationModule(
         student,
         loss,
         optimizer=functools.partial(torch.optim.SGD, lr=0.01),
         num_classes=datamodule.num_classes,
         teacher=teacher,
+        example_inputs=datamodule.example_input_batch(2),
+        num_train_samples=len(datamodule.train_dataset),
     )
+    datamodule.return_indices = module.requires_indices
     module.log = lambda *args, **kwargs: None  # no Trainer to log to
     module.on_fit_start()
     batch = next(iter(datamodule.train_dataloader()))

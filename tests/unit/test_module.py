@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from distill.errors import ConfigError
 from distill.losses import CrossEntropy, SoftTargetKD, WeightedSum
 from distill.module import DistillationModule
-from distill.teacher import FrozenTeacher
+from distill.teachers import FrozenTeacher
 
 
 def tiny_net(width: int) -> nn.Module:
