@@ -63,9 +63,11 @@ def train_teacher(
 
     started = time.perf_counter()
     pl.seed_everything(seed, workers=True)
-    # The run's teacher wraps its members frozen before they are trained; train this one in
-    # place.
-    model.requires_grad_(True)
+    # The run's teacher wraps its members frozen (eval mode, no gradients) before they are
+    # trained; undo both for this one, in place. Lightning does not switch modules to train
+    # mode when fit starts (it warns and keeps the mode), so a model left in eval mode would
+    # train with frozen BatchNorm statistics and no dropout.
+    model.train().requires_grad_(True)
     module = DistillationModule(
         model,
         WeightedSum({"ce": CrossEntropy()}),

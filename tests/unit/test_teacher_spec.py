@@ -200,3 +200,39 @@ def test_teachers_describe_themselves_for_the_summary():
         "rule": "mean",
         "members": members,
     }
+
+
+class RecordingTrainer:
+    """Stands in for the Lightning Trainer a factory makes: records what fit was given."""
+
+    def __init__(self, seen: list, **settings) -> None:
+        self.seen, self.settings = seen, settings
+
+    def fit(self, module, datamodule) -> None:
+        model = module.student
+        training = all(m.training for m in model.modules())
+        grads = all(p.requires_grad for p in model.parameters())
+        self.seen.append((self.settings, training, grads))
+
+    def test(self, module, datamodule, verbose) -> list[dict]:
+        return [{"test/acc": 0.5}]
+
+
+def test_a_member_frozen_by_its_teacher_trains_in_train_mode_with_gradients(tmp_path):
+    from distill.teachers import train_teacher
+
+    frozen = FrozenTeacher(nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)))
+    seen: list = []
+    facts = train_teacher(
+        spec(),
+        frozen.model,
+        SimpleNamespace(num_classes=3),
+        seed=0,
+        trainer_factory=lambda **settings: RecordingTrainer(seen, **settings),
+        root_dir=tmp_path,
+    )
+    assert seen == [({"max_epochs": 2, "default_root_dir": tmp_path}, True, True)]
+    assert facts["test_acc"] == 0.5
+    # Back to frozen once trained.
+    assert not any(m.training for m in frozen.model.modules())
+    assert not any(p.requires_grad for p in frozen.parameters())
