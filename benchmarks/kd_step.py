@@ -24,8 +24,7 @@ from distill.config import build, build_named
 from distill.losses import CrossEntropy, WeightedSum
 from distill.module import DistillationModule
 from distill.taps import FeatureTaps
-from distill.teacher import FrozenTeacher
-from distill.teacher_outputs import cached_teacher_outputs
+from distill.teachers import FrozenTeacher, cached_teacher_outputs
 
 
 def make_module(cfg, datamodule, with_teacher: bool, teacher_outputs=None) -> DistillationModule:

@@ -30,7 +30,6 @@ def step_for(cfg, loss_names: list[str], datamodule):
     loss = WeightedSum(build_named(run.loss, "loss"))
     student = build(run.student, "student")
     teacher = build(run.teacher.model, "teacher.model")
-    datamodule.return_indices = any(t.requires_indices for t in loss.terms.values())
     module = DistillationModule(
         student,
         loss,
@@ -40,6 +39,7 @@ def step_for(cfg, loss_names: list[str], datamodule):
         example_inputs=datamodule.example_input_batch(2),
         num_train_samples=len(datamodule.train_dataset),
     )
+    datamodule.return_indices = module.requires_indices
     module.log = lambda *args, **kwargs: None  # outside a Trainer there is nowhere to log
     module.on_fit_start()
     optimizer = module.optimizer_factory(module.trainable_parameters())

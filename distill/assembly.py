@@ -19,11 +19,10 @@ from distill.checks import check_fits_data
 from distill.compression import PruningCallback, QuantizationCallback, SparsityLogger
 from distill.config import build, build_named
 from distill.data import ClassificationDataModule
-from distill.ensemble import TeacherEnsemble
 from distill.errors import ConfigError
 from distill.losses import WeightedSum
 from distill.module import DistillationModule
-from distill.provision import build_teachers
+from distill.teachers import Teacher, TeacherSpec, build_teachers, ensemble_rule, teacher_specs
 from distill.validate import require_choice
 
 log = logging.getLogger(__name__)
@@ -73,7 +72,8 @@ class AssembledRun:
     datamodule: ClassificationDataModule
     loss: WeightedSum
     student: nn.Module
-    teacher: nn.Module | None
+    teacher: Teacher | None
+    teacher_specs: dict[str, TeacherSpec]
     compression: Compression
     module: DistillationModule
     trainer: pl.Trainer
@@ -94,7 +94,8 @@ def assemble(cfg: DictConfig) -> AssembledRun:
     loss = WeightedSum(build_named(cfg.loss, "loss"))
     student: nn.Module = build(cfg.student, "student")
     check_fits_data(student, datamodule, "student")
-    teacher = build_teachers(cfg, datamodule) if loss.requires_teacher else None
+    specs = teacher_specs(cfg) if loss.requires_teacher else {}
+    teacher = build_teachers(specs, datamodule, ensemble_rule(cfg)) if specs else None
     use_output_cache, output_cache_reason = plan_teacher_output_cache(cfg, teacher, datamodule)
     max_epochs = cfg.trainer.get("max_epochs")
     example = datamodule.example_input_batch(2)
@@ -114,9 +115,7 @@ def assemble(cfg: DictConfig) -> AssembledRun:
     )
     # Terms with per-sample state (CRD's memory bank) and cached teacher outputs both look
     # samples up by their index in the training set.
-    datamodule.return_indices = use_output_cache or any(
-        term.requires_indices for term in loss.terms.values()
-    )
+    datamodule.return_indices = module.requires_indices or use_output_cache
     callbacks = [*build_named(cfg.callbacks, "callbacks").values(), *compression.callbacks]
     loggers = list(build_named(cfg.logger, "logger").values())
     trainer: pl.Trainer = build(
@@ -128,6 +127,7 @@ def assemble(cfg: DictConfig) -> AssembledRun:
         loss,
         student,
         teacher,
+        specs,
         compression,
         module,
         trainer,
@@ -159,7 +159,7 @@ CACHE_MODES = ("auto", "on", "off")
 
 
 def plan_teacher_output_cache(
-    cfg: DictConfig, teacher: nn.Module | None, datamodule: ClassificationDataModule
+    cfg: DictConfig, teacher: Teacher | None, datamodule: ClassificationDataModule
 ) -> tuple[bool, str | None]:
     """Whether to compute teacher outputs once, and if not, why (for the log and summary)."""
     mode = require_choice(
@@ -173,8 +173,8 @@ def plan_teacher_output_cache(
             "the training inputs are randomly augmented, so teacher outputs change every epoch "
             "(turn augmentation off, e.g. data.augment=false, to cache them)"
         )
-    elif isinstance(teacher, TeacherEnsemble):
-        reason = "teacher ensembles are not cached yet"
+    elif teacher.output_cache_refusal() is not None:
+        reason = teacher.output_cache_refusal()
     elif mode == "off":
         reason = "teacher_output_cache=off"
     if mode == "on" and reason is not None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
@@ -11,14 +11,12 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics.classification import MulticlassAccuracy
 
-from distill.ensemble import TeacherEnsemble
 from distill.errors import ConfigError
-from distill.losses import StepOutputs, WeightedSum
+from distill.losses import LossTerm, StepOutputs, WeightedSum
 from distill.taps import FeatureTaps
-from distill.teacher import FrozenTeacher
-from distill.teacher_outputs import TeacherOutputs
+from distill.teachers import Teacher, TeacherOutputs, TeacherStep, as_teacher
 
-OptimizerFactory = Callable[[Iterator[nn.Parameter]], Optimizer]
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[[Optimizer], Any]
 
 TEACHER_PREFIX = "teacher."
@@ -27,6 +25,9 @@ TEACHER_PREFIX = "teacher."
 class DistillationModule(pl.LightningModule):
     """Trains `student` on `loss`; `teacher`, when given, is frozen for good.
 
+    A `Teacher` (one frozen model or an ensemble) is driven only through its interface; a plain
+    model is wrapped as a `FrozenTeacher`. The module owns the feature taps on both models
+    (`student_taps`, `teacher_taps`): it builds them once, and sizes the loss terms with them.
     Only the student's parameters (and any the loss terms own, such as feature adapters) reach
     the optimizer. Teacher weights are kept out of checkpoints: a teacher is provisioned from
     its own checkpoint, and saving it again in every student checkpoint would only bloat them.
@@ -46,9 +47,10 @@ class DistillationModule(pl.LightningModule):
         num_train_samples: int = 0,
         teacher_outputs: TeacherOutputs | None = None,
     ) -> None:
-        """`example_inputs` (one small batch) size the loss terms that need it; leave it out
-        when `build_loss_terms` was already called on this loss. `teacher_outputs`, when given,
-        replace the teacher's forward pass in training (batches must then carry indices)."""
+        """`example_inputs` (one small batch) size the loss terms that need it (adapters,
+        heads, banks), with `num_train_samples` for memory banks. `teacher_outputs`, when given
+        (here or later with `use_teacher_outputs`), replace the teacher's forward pass in
+        training (batches must then carry indices)."""
         super().__init__()
         if loss.requires_teacher and teacher is None:
             raise ConfigError(
@@ -59,13 +61,9 @@ class DistillationModule(pl.LightningModule):
         if lr_scheduler_interval not in ("epoch", "step"):
             raise ConfigError("lr_scheduler_interval", lr_scheduler_interval, "'epoch' or 'step'")
         self.student = student
-        self.teacher = (
-            teacher
-            if teacher is None or isinstance(teacher, (FrozenTeacher, TeacherEnsemble))
-            else FrozenTeacher(teacher)
-        )
+        self.teacher: Teacher | None = as_teacher(teacher) if teacher is not None else None
         self.loss = loss
-        self.teacher_outputs = teacher_outputs
+        self.teacher_outputs: TeacherOutputs | None = teacher_outputs
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.lr_scheduler_interval = lr_scheduler_interval
@@ -81,22 +79,33 @@ class DistillationModule(pl.LightningModule):
         # Agreement is accuracy against the teacher's predictions instead of the labels.
         self.test_agreement = accuracy() if self.teacher is not None else None
 
-        terms = loss.terms.values()
+        terms = loss_terms(loss)
         self.student_taps = FeatureTaps(
             student, [k for t in terms for k in t.student_taps], field="loss (student tap)"
         )
-        ensemble = self.teacher if isinstance(self.teacher, TeacherEnsemble) else None
-        teacher_model = self.teacher.model if isinstance(self.teacher, FrozenTeacher) else ensemble
         self.teacher_taps = FeatureTaps(
-            teacher_model if teacher_model is not None else nn.Identity(),
+            self.teacher.tap_model if self.teacher is not None else nn.Identity(),
             [k for t in terms for k in t.teacher_taps],
             field="loss (teacher tap)",
-            prefixes=ensemble.tap_prefixes() if ensemble is not None else None,
+            prefixes=self.teacher.tap_prefixes() if self.teacher is not None else None,
         )
         if example_inputs is not None:
             build_loss_terms(
                 loss, self.student_taps, self.teacher_taps, example_inputs, num_train_samples
             )
+
+    @property
+    def requires_indices(self) -> bool:
+        """Whether training batches must carry sample indices (a term keeps per-sample state)."""
+        return any(term.requires_indices for term in loss_terms(self.loss))
+
+    def use_teacher_outputs(self, outputs: TeacherOutputs) -> None:
+        """Read the teacher's outputs from `outputs` in training instead of running it (they
+        are computed once the teacher is trained, after this module is built). Batches must
+        then carry sample indices."""
+        if self.teacher_taps.installed:
+            raise RuntimeError("teacher outputs must be given before fit starts")
+        self.teacher_outputs = outputs
 
     def forward(self, inputs: Tensor) -> Tensor:
         return self.student(inputs)
@@ -123,27 +132,16 @@ class DistillationModule(pl.LightningModule):
         self.student_taps.clear()
         self.teacher_taps.clear()
         student_logits = self.student(inputs)
-        teacher_logits, ensemble_logits, ensemble_weights = None, None, None
-        if self.teacher_outputs is not None and self.loss.requires_teacher:
-            if not rest:
-                raise RuntimeError("cached teacher outputs need batches with sample indices")
-            teacher_logits, cached_features = self.teacher_outputs.lookup(rest[0], inputs.device)
-            self.teacher_taps.features.update(cached_features)
-        elif isinstance(self.teacher, TeacherEnsemble) and self.loss.requires_teacher:
-            teacher_logits, ensemble_logits, ensemble_weights = self.teacher.outputs(
-                inputs, targets
-            )
-        elif self.teacher is not None and self.loss.requires_teacher:
-            teacher_logits = self.teacher(inputs)
+        teacher = self.teacher_step(inputs, targets, rest[0] if rest else None)
         outputs = StepOutputs(
             student_logits,
             targets,
-            teacher_logits,
+            teacher.logits if teacher is not None else None,
             student_features=dict(self.student_taps.features),
             teacher_features=dict(self.teacher_taps.features),
             indices=rest[0] if rest else None,
-            ensemble_logits=ensemble_logits,
-            ensemble_weights=ensemble_weights,
+            ensemble_logits=teacher.member_logits if teacher is not None else None,
+            ensemble_weights=teacher.member_weights if teacher is not None else None,
         )
         total, terms = self.loss(outputs)
         self.student_taps.clear()
@@ -153,6 +151,24 @@ class DistillationModule(pl.LightningModule):
         for name, value in terms.items():
             self.log(f"train/loss_{name}", value, batch_size=batch_size)
         return total
+
+    def teacher_step(
+        self, inputs: Tensor, targets: Tensor, indices: Tensor | None
+    ) -> TeacherStep | None:
+        """The teacher's part of a training step (its tapped features land in teacher_taps):
+        read from the cached outputs when there are any, else from the teacher's forward
+        pass; None when no loss term reads it."""
+        if not self.loss.requires_teacher:
+            return None
+        if self.teacher_outputs is not None:
+            if indices is None:
+                raise RuntimeError("cached teacher outputs need batches with sample indices")
+            logits, cached_features = self.teacher_outputs.lookup(indices, inputs.device)
+            self.teacher_taps.features.update(cached_features)
+            return TeacherStep(logits)
+        if self.teacher is None:
+            return None
+        return self.teacher.outputs(inputs, targets)
 
     def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
         inputs, targets, *_ = batch
@@ -170,12 +186,13 @@ class DistillationModule(pl.LightningModule):
         if self.test_acc_top5 is not None:
             self.test_acc_top5(logits, targets)
             self.log("test/acc_top5", self.test_acc_top5)
-        if self.teacher is not None:
+        teacher_acc, agreement = self.test_teacher_acc, self.test_agreement
+        if self.teacher is not None and teacher_acc is not None and agreement is not None:
             teacher_logits = self.teacher(inputs)
-            self.test_teacher_acc(teacher_logits, targets)
-            self.test_agreement(logits, teacher_logits.argmax(dim=-1))
-            self.log("test/teacher_acc", self.test_teacher_acc)
-            self.log("test/agreement", self.test_agreement)
+            teacher_acc(teacher_logits, targets)
+            agreement(logits, teacher_logits.argmax(dim=-1))
+            self.log("test/teacher_acc", teacher_acc)
+            self.log("test/agreement", agreement)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.trainable_parameters())
@@ -230,5 +247,10 @@ def build_loss_terms(
                 shapes[index] = {key: value.shape for key, value in taps.features.items()}
         finally:
             model.train(was_training)
-    for term in loss.terms.values():
+    for term in loss_terms(loss):
         term.build(shapes[0], shapes[1], num_train_samples)
+
+
+def loss_terms(loss: WeightedSum) -> list[LossTerm]:
+    """The terms of `loss` (an nn.ModuleDict, which types its values as plain modules)."""
+    return [cast(LossTerm, term) for term in loss.terms.values()]

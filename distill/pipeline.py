@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,15 @@ from distill.assembly import AssembledRun, assemble
 from distill.checks import ensure_fresh_run_dir
 from distill.deploy.artifacts import produce_artifacts
 from distill.deploy.run_dir import TrainedRun
-from distill.provision import data_material, provide_teachers, teacher_nodes
 from distill.run_outputs import best_checkpoint_to_test, save_student, sparsity_facts, student_facts
 from distill.run_summary import RunSummary, check_metric_key
-from distill.summary import count_parameters, print_summary
-from distill.teacher import FrozenTeacher
-from distill.teacher_outputs import cached_teacher_outputs
+from distill.summary import print_summary
+from distill.teachers import (
+    cached_teacher_outputs,
+    data_fingerprint,
+    provide_teachers,
+    teacher_trainer_factory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +76,11 @@ def train(cfg: Any) -> dict[str, Any]:
             "num_classes": run.datamodule.num_classes,
             "input_shape": list(run.datamodule.input_shape),
         },
-        teacher=teacher_summary(run, teacher, results) if teacher is not None else None,
+        teacher=(
+            run.teacher.describe(results["test/teacher_acc"], teacher)
+            if run.teacher is not None and teacher is not None
+            else None
+        ),
         student=student_facts(results, trained.plain, cfg.student._target_),
         sparsity=sparsity_facts(run),
         artifacts=artifacts,
@@ -102,22 +109,16 @@ def provide_teacher(run: AssembledRun) -> dict[str, Any] | None:
     """Trained weights for the run's teacher(s); facts about them, or None without a teacher."""
     if run.teacher is None:
         return None
-    return provide_teachers(run.cfg, run.teacher, run.datamodule)
-
-
-def teacher_summary(
-    run: AssembledRun, facts: dict[str, Any], results: Mapping[str, float]
-) -> dict[str, Any]:
-    # A trained teacher's own test accuracy (from its training, in `facts`) wins over the one
-    # measured in the student's test loop; both are on the same test set.
-    single = len(teacher_nodes(run.cfg)) == 1
-    target = run.cfg.teacher.model._target_ if single else "distill.ensemble.TeacherEnsemble"
-    return {
-        "target": target,
-        "test_acc": results["test/teacher_acc"],
-        "params_total": count_parameters(run.teacher) if run.teacher is not None else 0,
-        **facts,
-    }
+    cfg = run.cfg
+    return provide_teachers(
+        run.teacher,
+        run.teacher_specs,
+        data_fingerprint(cfg.data),
+        seed=cfg.seed,
+        trainer_factory=teacher_trainer_factory(cfg.trainer),
+        datamodule=run.datamodule,
+        run_dir=Path(cfg.paths.output_dir),
+    )
 
 
 def use_teacher_output_cache(run: AssembledRun) -> dict[str, Any]:
@@ -126,13 +127,13 @@ def use_teacher_output_cache(run: AssembledRun) -> dict[str, Any]:
         return {"used": False, "reason": run.output_cache_reason}
     cfg = run.cfg
     outputs, facts = cached_teacher_outputs(
-        FrozenTeacher(run.teacher),
+        run.teacher,
         run.module.teacher_taps,
         run.datamodule.train_dataset,
         Path(cfg.paths.cache_dir) / "teacher_outputs",
-        material={"data": data_material(cfg), "split_seed": cfg.seed},
+        material={"data": data_fingerprint(cfg.data), "split_seed": cfg.seed},
     )
-    run.module.teacher_outputs = outputs
+    run.module.use_teacher_outputs(outputs)
     return facts
 
 

@@ -20,7 +20,7 @@ from distill.data import ClassificationDataModule
 from distill.deploy.slim import SlimReport, remove_zero_channels
 from distill.errors import ConfigError
 from distill.files import atomic_write
-from distill.teacher import load_weights
+from distill.teachers import TeacherSpec, load_weights
 
 STUDENT_STATE_FILE = "student_state.pt"
 # The run's resolved config, written by the pipeline; Hydra's own copy is the fallback.
@@ -140,5 +140,5 @@ def load_teacher(cfg: DictConfig, run_dir: Path) -> nn.Module | None:
     path = Path(weights) if Path(weights).is_absolute() else run_dir / weights
     if not path.is_file():
         return None
-    model = build(cfg.teacher.model, "teacher.model")
-    return load_weights(model, path, "teacher.checkpoint").eval()
+    spec = TeacherSpec(field="teacher", model=cfg.teacher.model, checkpoint=str(path))
+    return load_weights(spec.build_model(), path, "teacher.checkpoint").eval()

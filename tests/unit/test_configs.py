@@ -84,7 +84,7 @@ def test_config_option_composes_and_instantiates(group, option, compose_cfg, tmp
             DistillationModule(
                 models["student"],
                 loss,
-                optimizer=torch.optim.SGD,
+                optimizer=build(cfg.optimizer, "optimizer"),
                 num_classes=datamodule.num_classes,
                 teacher=models["teacher.model"],
                 example_inputs=datamodule.example_input_batch(2),

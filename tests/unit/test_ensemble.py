@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from distill.ensemble import TeacherEnsemble
 from distill.errors import ConfigError
 from distill.losses import SoftTargetKD, StepOutputs
 from distill.taps import FeatureTaps
+from distill.teachers import TeacherEnsemble
 
 
 def softmax(values, temperature=1.0):

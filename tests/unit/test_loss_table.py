@@ -28,7 +28,6 @@ def test_loss_config_trains_the_student(name, compose_cfg):
     loss = WeightedSum(build_named(cfg.loss, "loss"))
     student = build(cfg.student, "student")
     teacher = build(cfg.teacher.model, "teacher.model") if loss.requires_teacher else None
-    datamodule.return_indices = any(t.requires_indices for t in loss.terms.values())
     module = DistillationModule(
         student,
         loss,
@@ -38,6 +37,7 @@ def test_loss_config_trains_the_student(name, compose_cfg):
         example_inputs=datamodule.example_input_batch(2),
         num_train_samples=len(datamodule.train_dataset),
     )
+    datamodule.return_indices = module.requires_indices
     module.log = lambda *args, **kwargs: None  # no Trainer to log to
     module.on_fit_start()
     batch = next(iter(datamodule.train_dataloader()))

@@ -1,5 +1,6 @@
 """DistillationModule: the teacher stays frozen, only the student learns."""
 
+import copy
 import functools
 
 import pytest
@@ -11,7 +12,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from distill.errors import ConfigError
 from distill.losses import CrossEntropy, SoftTargetKD, WeightedSum
 from distill.module import DistillationModule
-from distill.teacher import FrozenTeacher
+from distill.teachers import (
+    FrozenTeacher,
+    Teacher,
+    TeacherEnsemble,
+    TeacherStep,
+    cached_teacher_outputs,
+)
 
 
 def tiny_net(width: int) -> nn.Module:
@@ -139,3 +146,105 @@ def test_terms_that_need_a_teacher_without_one_are_refused():
         )
     assert error.value.field == "loss"
     assert "kd" in str(error.value)
+
+
+def kd_module(teacher: nn.Module, seed: int = 0) -> DistillationModule:
+    torch.manual_seed(seed)
+    module = DistillationModule(
+        tiny_net(8),
+        WeightedSum({"ce": CrossEntropy(weight=0.5), "kd": SoftTargetKD(temperature=2.0)}),
+        optimizer=functools.partial(torch.optim.SGD, lr=0.1),
+        num_classes=3,
+        teacher=teacher,
+    )
+    module.log = lambda *args, **kwargs: None  # no Trainer to log to
+    return module
+
+
+def test_a_single_teacher_and_an_ensemble_are_driven_through_one_interface():
+    torch.manual_seed(1)
+    net = tiny_net(16)
+    # An ensemble of two copies of one teacher, equally weighted, teaches what that teacher
+    # teaches alone: the same module code drives both, with no branch on the kind.
+    single = kd_module(FrozenTeacher(copy.deepcopy(net)))
+    ensemble = kd_module(
+        TeacherEnsemble({"a": copy.deepcopy(net), "b": copy.deepcopy(net)}, {"a": 1, "b": 1})
+    )
+    inputs, targets = next(iter(loader()))
+    for module in (single, ensemble):
+        assert isinstance(module.teacher, Teacher)
+    step = single.teacher.outputs(inputs, targets)
+    assert step.member_logits is None and step.member_weights is None
+    combined = ensemble.teacher.outputs(inputs, targets)
+    assert len(combined.member_logits) == 2
+    assert combined.member_weights[0].tolist() == pytest.approx([0.5, 0.5])
+    assert torch.allclose(combined.logits, step.logits.log_softmax(dim=-1), atol=1e-5)
+    torch.manual_seed(2)  # the same dropout in both students
+    single_loss = single.training_step((inputs, targets), 0)
+    torch.manual_seed(2)
+    ensemble_loss = ensemble.training_step((inputs, targets), 0)
+    assert single_loss.item() == pytest.approx(ensemble_loss.item(), rel=1e-5)
+    assert single.teacher_taps.model is single.teacher.model
+    assert ensemble.teacher_taps.model is ensemble.teacher
+
+
+class Recording(Teacher):
+    """A teacher that records how the module calls it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = tiny_net(4)
+        self.calls: list[str] = []
+
+    def forward(self, inputs):
+        self.calls.append("forward")
+        with torch.no_grad():
+            return self.net(inputs)
+
+    def outputs(self, inputs, targets=None):
+        self.calls.append(f"outputs(targets={targets is not None})")
+        with torch.no_grad():
+            return TeacherStep(self.net(inputs))
+
+    @property
+    def tap_model(self):
+        return self.net
+
+    def member_models(self):
+        return {"teacher": self.net}
+
+    def describe(self, test_acc, member_facts):
+        return {"test_acc": test_acc}
+
+
+def test_the_module_uses_only_the_teacher_interface():
+    teacher = Recording()
+    module = kd_module(teacher)
+    assert module.teacher is teacher  # a Teacher is used as it is, not wrapped again
+    teacher.train()
+    teacher.requires_grad_(True)
+    assert not any(m.training for m in teacher.modules())
+    assert not any(p.requires_grad for p in teacher.parameters())
+    inputs, targets = next(iter(loader()))
+    module.training_step((inputs, targets), 0)
+    module.test_step((inputs, targets), 0)
+    assert teacher.calls == ["outputs(targets=True)", "forward"]
+
+
+def test_teacher_outputs_given_after_construction_replace_the_teacher(tmp_path):
+    torch.manual_seed(0)
+    module = kd_module(tiny_net(16))
+    data = loader().dataset
+    outputs, facts = cached_teacher_outputs(
+        module.teacher, module.teacher_taps, data, tmp_path, {"data": "toy"}
+    )
+    assert facts["origin"] == "computed"
+    inputs, targets = data.tensors[0][:16], data.tensors[1][:16]
+    module.student.eval()  # no dropout: the two steps see the same student
+    live = module.training_step((inputs, targets), 0)
+    module.use_teacher_outputs(outputs)
+    module.teacher.outputs = None  # the teacher is not run any more
+    cached = module.training_step((inputs, targets, torch.arange(16)), 0)
+    assert cached.item() == pytest.approx(live.item(), rel=1e-5)
+    with pytest.raises(RuntimeError, match="sample indices"):
+        module.training_step((inputs, targets), 0)

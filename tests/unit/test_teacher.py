@@ -8,8 +8,7 @@ import torch
 from torch import nn
 
 from distill.errors import ConfigError
-from distill.teacher import load_weights
-from distill.teacher_cache import TeacherCache, cache_key
+from distill.teachers import TeacherCache, cache_key, load_weights
 
 
 def small_model() -> nn.Module:

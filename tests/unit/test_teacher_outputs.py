@@ -8,8 +8,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from distill.taps import FeatureTaps
-from distill.teacher import FrozenTeacher
-from distill.teacher_outputs import cached_teacher_outputs
+from distill.teachers import FrozenTeacher, cached_teacher_outputs
 
 
 def teacher_and_data():

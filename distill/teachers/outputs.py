@@ -17,9 +17,9 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -89,7 +89,9 @@ def cached_teacher_outputs(
             log.info("Reusing cached teacher outputs %s", entry)
         else:
             origin = "computed"
-            log.info("Computing teacher outputs for %d samples into %s", len(dataset), entry)
+            log.info(
+                "Computing teacher outputs for %d samples into %s", len(cast(Sized, dataset)), entry
+            )
             _compute(teacher, taps, dataset, entry, batch_size)
     outputs = TeacherOutputs(entry, taps.keys)
     facts = {
@@ -109,7 +111,8 @@ def _compute(
     # leaves nothing that a later run would trust.
     staging = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}."))
     try:
-        arrays: dict[str, np.lib.format.memmap] = {}
+        arrays: dict[str, np.memmap] = {}
+        size = len(cast(Sized, dataset))
         position = 0
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
         with taps, torch.no_grad():
@@ -124,7 +127,7 @@ def _compute(
                             staging / _file_name(name),
                             mode="w+",
                             dtype=np.float32,
-                            shape=(len(dataset), *value.shape[1:]),
+                            shape=(size, *value.shape[1:]),
                         )
                     arrays[name][position : position + len(inputs)] = value.float().cpu().numpy()
                 position += len(inputs)

@@ -7,6 +7,7 @@ serialises training of one key, and the weights appear only through an atomic re
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -17,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from distill.errors import ConfigError
 from distill.files import atomic_write, atomic_write_json, exclusive_lock
-from distill.teacher import load_weights
+from distill.teachers.checkpoint import load_weights
+from distill.teachers.spec import TeacherSpec
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,9 @@ log = logging.getLogger(__name__)
 # training order of every epoch is a function of (seed, epoch) (distill/data/resumable.py), so
 # teachers trained before would differ from the ones the same settings train now.
 CACHE_FORMAT = 2
+
+# Settings that change how fast data loads but not what a teacher learns from it.
+DATA_KEYS_NOT_IN_CACHE_KEY = ("num_workers", "eval_batch_size")
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,34 @@ class CachedTeacher:
     meta: dict[str, Any]
 
 
+def data_fingerprint(data: DictConfig) -> dict[str, Any]:
+    """The data settings (`cfg.data`, resolved) that decide what a teacher sees."""
+    settings = OmegaConf.to_container(data, resolve=True)
+    assert isinstance(settings, dict)
+    return {
+        str(key): value for key, value in settings.items() if key not in DATA_KEYS_NOT_IN_CACHE_KEY
+    }
+
+
+def teacher_key_material(
+    spec: TeacherSpec, data_fingerprint: Mapping[str, Any], seed: int
+) -> dict[str, Any]:
+    """Everything that determines the weights a teacher is trained to, and nothing else: the
+    one place that decides what the teacher cache key covers (`cache_key` hashes it; it is
+    also written to the entry's meta.json)."""
+    return {
+        "model": copy.deepcopy(dict(spec.model)),
+        "data": copy.deepcopy(dict(data_fingerprint)),
+        "train": copy.deepcopy(dict(spec.train)) if spec.train is not None else None,
+        "seed": seed,
+    }
+
+
+def teacher_cache_key(spec: TeacherSpec, data_fingerprint: Mapping[str, Any], seed: int) -> str:
+    """The teacher cache key of `spec` trained on that data with that seed."""
+    return cache_key(teacher_key_material(spec, data_fingerprint, seed))
+
+
 def cache_key(material: Mapping[str, Any]) -> str:
     """A stable hash of the settings that determine a teacher's weights."""
     canonical = json.dumps({"format": CACHE_FORMAT, **material}, sort_keys=True, default=str)
@@ -47,8 +81,11 @@ def cache_key(material: Mapping[str, Any]) -> str:
 
 
 class TeacherCache:
-    def __init__(self, directory: str | Path) -> None:
+    """Trained teachers under `directory`; `field` is the config field that names it."""
+
+    def __init__(self, directory: str | Path, field: str = "teacher.cache_dir") -> None:
         self.directory = Path(directory).expanduser()
+        self.field = field
 
     def entry_dir(self, key: str) -> Path:
         return self.directory / key
@@ -70,7 +107,7 @@ class TeacherCache:
             entry.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise ConfigError(
-                "teacher.cache_dir", str(self.directory), f"a writable directory ({error})"
+                self.field, str(self.directory), f"a writable directory ({error})"
             ) from error
         with exclusive_lock(entry / ".lock"):
             if weights.is_file():

@@ -9,8 +9,8 @@ static weights apply.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,10 @@ from torch import Tensor, nn
 
 from distill.errors import ConfigError
 from distill.losses.base import combine_soft_targets
-from distill.teacher import FrozenTeacher
+from distill.summary import count_parameters
+from distill.teachers.base import Teacher, TeacherStep
+from distill.teachers.frozen import FrozenTeacher, class_path
+from distill.validate import require_choice, require_positive
 
 RULES = ("mean", "confidence")
 
@@ -37,7 +40,7 @@ def ensemble_weights(
     return (log_static - losses).softmax(dim=1)
 
 
-class TeacherEnsemble(nn.Module):
+class TeacherEnsemble(Teacher):
     """Frozen teachers by name, with static weights and a combination rule.
 
     Called like one teacher it returns log-probabilities of the combined soft targets at T=1,
@@ -51,14 +54,13 @@ class TeacherEnsemble(nn.Module):
         self, teachers: Mapping[str, nn.Module], weights: Mapping[str, float], rule: str = "mean"
     ) -> None:
         super().__init__()
-        if rule not in RULES:
-            raise ConfigError("teacher_ensemble.rule", rule, f"one of {RULES}")
+        require_choice("teacher_ensemble.rule", rule, RULES)
         if len(teachers) < 2:
             raise ConfigError("teachers", list(teachers), "two or more teachers for an ensemble")
         for name, weight in weights.items():
-            valid = isinstance(weight, (int, float)) and not isinstance(weight, bool)
-            if not valid or not math.isfinite(weight) or weight <= 0:
-                raise ConfigError(f"teachers.{name}.weight", weight, "a finite number > 0")
+            require_positive(f"teachers.{name}.weight", weight)
+        # The attribute name is part of the state_dict keys (members.<name>.model.*) and of the
+        # tap prefixes: keep it.
         self.members = nn.ModuleDict(
             {
                 name: teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher)
@@ -70,8 +72,9 @@ class TeacherEnsemble(nn.Module):
         )
         self.rule = rule
 
-    def train(self, mode: bool = True) -> TeacherEnsemble:
-        return super().train(False)
+    @property
+    def tap_model(self) -> nn.Module:
+        return self
 
     def tap_prefixes(self) -> dict[str, str]:
         """Tap prefix per teacher name; the empty prefix routes to the first teacher."""
@@ -79,14 +82,36 @@ class TeacherEnsemble(nn.Module):
         prefixes = {name: f"members.{name}.model." for name in names}
         return {"": prefixes[names[0]], **prefixes}
 
-    def outputs(
-        self, inputs: Tensor, targets: Tensor | None = None
-    ) -> tuple[Tensor, list[Tensor], Tensor]:
+    def member_models(self) -> dict[str, nn.Module]:
+        return {name: self._member(name).model for name in self.members}
+
+    def _member(self, name: str) -> FrozenTeacher:
+        member = self.members[name]
+        assert isinstance(member, FrozenTeacher)  # every member is wrapped in __init__
+        return member
+
+    def outputs(self, inputs: Tensor, targets: Tensor | None = None) -> TeacherStep:
         """(combined log-probabilities, each teacher's logits, (batch, teachers) weights)."""
         logits = [teacher(inputs) for teacher in self.members.values()]
-        weights = ensemble_weights(logits, self.static_weights, self.rule, targets)
+        static = self.static_weights
+        assert isinstance(static, Tensor)
+        weights = ensemble_weights(logits, static, self.rule, targets)
         combined = combine_soft_targets(logits, weights, temperature=1.0).clamp_min(1e-12).log()
-        return combined, logits, weights
+        return TeacherStep(combined, logits, weights)
 
     def forward(self, inputs: Tensor) -> Tensor:
-        return self.outputs(inputs)[0]
+        return self.outputs(inputs).logits
+
+    def describe(
+        self, test_acc: float | None, member_facts: Mapping[str, Mapping[str, Any]]
+    ) -> dict[str, Any]:
+        return {
+            "target": class_path(self),
+            "test_acc": test_acc,
+            "params_total": count_parameters(self),
+            "rule": self.rule,
+            "members": {name: dict(member_facts[name]) for name in self.members},
+        }
+
+    def output_cache_refusal(self) -> str | None:
+        return "teacher ensembles are not cached yet"

@@ -1,4 +1,4 @@
-"""The frozen teacher, and loading its weights from a checkpoint."""
+"""Loading a teacher's weights from a checkpoint file, with errors that say what does not fit."""
 
 from __future__ import annotations
 
@@ -9,35 +9,6 @@ import torch
 from torch import Tensor, nn
 
 from distill.errors import ConfigError
-
-
-class FrozenTeacher(nn.Module):
-    """Wraps a trained model so that nothing can train it.
-
-    Lightning calls `.train()` on the whole LightningModule at every epoch start; a teacher
-    that followed would update BatchNorm statistics and apply dropout, so `train()` keeps it
-    in eval mode, `requires_grad_()` keeps its weights frozen, and the forward pass records no
-    graph.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.model.eval()
-        for parameter in self.model.parameters():
-            parameter.requires_grad = False
-
-    def train(self, mode: bool = True) -> FrozenTeacher:
-        return super().train(False)
-
-    def requires_grad_(self, requires_grad: bool = True) -> FrozenTeacher:
-        return super().requires_grad_(False)
-
-    def forward(self, inputs: Tensor) -> Tensor:
-        # no_grad rather than inference_mode: inference tensors cannot be saved for the
-        # student's backward pass, and the KD loss multiplies with teacher probabilities.
-        with torch.no_grad():
-            return self.model(inputs)
 
 
 def load_state_dict_file(path: str | Path, field: str) -> dict[str, Tensor]:

@@ -1,0 +1,82 @@
+"""Supervised training of a teacher on the labels, with the teacher's own settings."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+from torch import nn
+
+from distill.config import build
+from distill.data import ClassificationDataModule
+from distill.losses import CrossEntropy, WeightedSum
+from distill.teachers.spec import TeacherSpec
+
+
+class TrainerFactory(Protocol):
+    """Makes the Lightning Trainer that trains one teacher."""
+
+    def __call__(self, *, max_epochs: int, default_root_dir: Path) -> pl.Trainer: ...
+
+
+def teacher_trainer_factory(trainer: DictConfig) -> TrainerFactory:
+    """Trainers for teachers from the run's `trainer` config: no logger, no checkpoints, no
+    callbacks, and one device with no distributed strategy.
+
+    One device because under DDP the other ranks start only when the student's fit launches
+    them, and they then find this teacher in the cache. A DDP teacher fit here would wait for
+    ranks that are themselves waiting for the cache lock.
+    """
+
+    def make(*, max_epochs: int, default_root_dir: Path) -> pl.Trainer:
+        built: pl.Trainer = build(
+            trainer,
+            "trainer",
+            max_epochs=max_epochs,
+            logger=False,
+            enable_checkpointing=False,
+            callbacks=[],
+            default_root_dir=str(default_root_dir),
+            devices=1,
+            strategy="auto",
+            sync_batchnorm=False,
+        )
+        return built
+
+    return make
+
+
+def train_teacher(
+    spec: TeacherSpec,
+    model: nn.Module,
+    datamodule: ClassificationDataModule,
+    seed: int,
+    trainer_factory: TrainerFactory,
+    root_dir: Path,
+) -> dict[str, Any]:
+    """Train `model` in place as `spec` says; facts worth keeping (test accuracy, time)."""
+    # distill.module imports this package (for the Teacher interface): import it here.
+    from distill.module import DistillationModule
+
+    started = time.perf_counter()
+    pl.seed_everything(seed, workers=True)
+    # The run's teacher wraps its members frozen (eval mode, no gradients) before they are
+    # trained; undo both for this one, in place. Lightning does not switch modules to train
+    # mode when fit starts (it warns and keeps the mode), so a model left in eval mode would
+    # train with frozen BatchNorm statistics and no dropout.
+    model.train().requires_grad_(True)
+    module = DistillationModule(
+        model,
+        WeightedSum({"ce": CrossEntropy()}),
+        optimizer=spec.build_optimizer(),
+        lr_scheduler=spec.build_lr_scheduler(),
+        num_classes=datamodule.num_classes,
+    )
+    trainer = trainer_factory(max_epochs=spec.max_epochs, default_root_dir=root_dir)
+    trainer.fit(module, datamodule=datamodule)
+    (results,) = trainer.test(module, datamodule=datamodule, verbose=False)
+    model.eval().requires_grad_(False)
+    return {"test_acc": results["test/acc"], "train_s": time.perf_counter() - started}
