@@ -35,7 +35,7 @@ import math
 import struct
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -130,7 +130,7 @@ def _plain_config(model_config: Mapping[str, Any] | None) -> dict[str, Any] | No
     if model_config is None:
         return None
     if isinstance(model_config, DictConfig):
-        model_config = OmegaConf.to_container(model_config, resolve=True)
+        model_config = cast(dict[str, Any], OmegaConf.to_container(model_config, resolve=True))
     config = dict(model_config)
     allowed = "the student's config: a mapping with a _target_ and JSON-serializable arguments"
     if "_target_" not in config:

@@ -44,6 +44,8 @@ def export_onnx(model: nn.Module, example_inputs: Tensor, path: Path) -> Path:
                 output_names=[OUTPUT_NAME],
                 verbose=False,
             )
+        if program is None:  # only the legacy (dynamo=False) exporter returns nothing
+            raise ExportError(f"the ONNX exporter returned no program for {path.name}")
         staged = tmp / path.name
         program.save(str(staged))
         _strip_debug_metadata(staged)
