@@ -14,6 +14,7 @@ from typing import Any
 
 from distill.errors import ConfigError
 from distill.files import atomic_write_json
+from distill.validate import is_real
 
 SUMMARY_FILE = "summary.json"
 
@@ -94,7 +95,7 @@ def metric(summary: dict[str, Any], key: str) -> float:
                 f"(it has {sorted(value) if isinstance(value, dict) else type(value).__name__})",
             )
         value = value[part]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real(value):
         raise ConfigError("optimized_metric", key, f"a number; this key holds {value!r}")
     return float(value)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from distill.errors import ConfigError
+from distill.validate import require_int, require_real
 
 WEIGHT_BITS = range(2, 9)  # what fake quantization simulates
 EXPORTABLE_WEIGHT_BITS = (7, 8)  # what the int8 QDQ ONNX export stores (int8 initializers)
@@ -27,14 +27,14 @@ _TINY_SCALE = 1e-12  # an all-zero (pruned) channel still needs a positive scale
 
 
 def check_bits(bits: object, field: str) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in WEIGHT_BITS:
-        raise ConfigError(
-            field,
-            bits,
-            "an integer number of weight bits from 2 to 8 (8: int8 default; 7: int8 kernels "
-            "on CPUs without VNNI; 4 and below: weight-only experiments, not exportable to ONNX)",
-        )
-    return bits
+    return require_int(
+        field,
+        bits,
+        WEIGHT_BITS.start,
+        WEIGHT_BITS.stop - 1,
+        allowed="an integer number of weight bits from 2 to 8 (8: int8 default; 7: int8 kernels "
+        "on CPUs without VNNI; 4 and below: weight-only experiments, not exportable to ONNX)",
+    )
 
 
 class WeightFakeQuant(nn.Module):
@@ -104,9 +104,14 @@ class ActivationFakeQuant(nn.Module):
 
     def __init__(self, momentum: float = 0.1) -> None:
         super().__init__()
-        if isinstance(momentum, bool) or not 0.0 < float(momentum) <= 1.0:
-            raise ConfigError("quantization.observer_momentum", momentum, "a number in (0, 1]")
-        self.momentum = float(momentum)
+        self.momentum = require_real(
+            "quantization.observer_momentum",
+            momentum,
+            0.0,
+            1.0,
+            min_inclusive=False,
+            allowed="a number in (0, 1]",
+        )
         # Set by the QAT callback while a multi-process fit runs: every rank then observes the
         # min/max of the global batch, so all ranks hold the same ranges at every step.
         self.sync_ranks = False

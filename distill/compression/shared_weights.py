@@ -20,26 +20,21 @@ import torch
 from torch import Tensor, nn
 
 from distill.errors import ConfigError
+from distill.validate import require_int
 
 SHARING_BITS = range(1, 9)  # 2 to 256 shared values; indices fit in a uint8
 BITS_FIELD = "quantization.weight_sharing.bits"
 
 
 def check_sharing_bits(bits: object, field: str = BITS_FIELD) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in SHARING_BITS:
-        raise ConfigError(
-            field,
-            bits,
-            "an integer number of index bits from 1 to 8 (2 to 256 shared values per layer; "
-            "Deep Compression used 8 for conv and 5 for fully connected layers)",
-        )
-    return bits
-
-
-def _check_count(value: object, field: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(field, value, f"an integer >= {minimum}")
-    return value
+    return require_int(
+        field,
+        bits,
+        SHARING_BITS.start,
+        SHARING_BITS.stop - 1,
+        allowed="an integer number of index bits from 1 to 8 (2 to 256 shared values per layer; "
+        "Deep Compression used 8 for conv and 5 for fully connected layers)",
+    )
 
 
 def _assign(values: Tensor, centroids: Tensor) -> Tensor:
@@ -74,8 +69,8 @@ def kmeans_1d(values: Tensor, num_clusters: int, iterations: int = 30) -> tuple[
             else type(values).__name__
         )
         raise ConfigError("values", described, "a 1-D floating-point tensor")
-    num_clusters = _check_count(num_clusters, "num_clusters", 1)
-    iterations = _check_count(iterations, "iterations", 0)
+    num_clusters = require_int("num_clusters", num_clusters, minimum=1)
+    iterations = require_int("iterations", iterations, minimum=0)
     device = values.device
     if values.numel() == 0:
         return (
