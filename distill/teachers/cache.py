@@ -30,8 +30,10 @@ log = logging.getLogger(__name__)
 
 # Bump when the meaning of a cached entry changes, so old entries are not reused. 2: the
 # training order of every epoch is a function of (seed, epoch) (distill/data/resumable.py), so
-# teachers trained before would differ from the ones the same settings train now.
-CACHE_FORMAT = 2
+# teachers trained before would differ from the ones the same settings train now. 3: teachers
+# are trained in train mode; an ensemble member cached before trained BatchNorm on its initial
+# statistics (eval mode), under the same key as the teacher trained alone.
+CACHE_FORMAT = 3
 
 # Settings that change how fast data loads but not what a teacher learns from it.
 DATA_KEYS_NOT_IN_CACHE_KEY = ("num_workers", "eval_batch_size")

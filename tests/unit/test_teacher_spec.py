@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 from types import SimpleNamespace
 
@@ -45,12 +47,15 @@ def spec(**changes) -> TeacherSpec:
     return TeacherSpec(**settings)
 
 
-def test_the_cache_key_is_the_one_teachers_were_cached_under():
-    # Computed with the code before teachers/ existed ({"model", "data", "train", "seed"} of
-    # CACHE_FORMAT 2): a teacher cached then is found now.
-    assert CACHE_FORMAT == 2
-    assert teacher_cache_key(spec(), DATA, seed=0) == "1d9b859796e56ff272c9"
+def test_the_cache_key_material_is_the_one_teachers_were_cached_under():
+    # The material is what the code before teachers/ hashed ({"model", "data", "train",
+    # "seed"}): under CACHE_FORMAT 2 it gave this key. Format 3 (teachers trained in train
+    # mode) retrains every teacher once, under a new key.
     material = teacher_key_material(spec(), DATA, seed=0)
+    canonical = json.dumps({"format": 2, **material}, sort_keys=True, default=str)
+    assert hashlib.sha256(canonical.encode()).hexdigest()[:20] == "1d9b859796e56ff272c9"
+    assert CACHE_FORMAT == 3
+    assert teacher_cache_key(spec(), DATA, seed=0) == "8c496e1bd9913698de25"
     assert material == {"model": MODEL, "data": DATA, "train": TRAIN, "seed": 0}
     assert cache_key(material) == teacher_cache_key(spec(), DATA, seed=0)
 
