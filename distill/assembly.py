@@ -83,8 +83,12 @@ class AssembledRun:
 
     @property
     def exports(self) -> bool:
-        """Whether the run ends with the deployment export (never for a fast_dev_run)."""
-        return bool(self.cfg.get("export", False)) and not self.cfg.trainer.get("fast_dev_run")
+        return exports(self.cfg)
+
+
+def exports(cfg: DictConfig) -> bool:
+    """Whether the run ends with the deployment export (never for a fast_dev_run)."""
+    return bool(cfg.get("export", False)) and not cfg.trainer.get("fast_dev_run")
 
 
 def assemble(cfg: DictConfig) -> AssembledRun:
@@ -100,8 +104,7 @@ def assemble(cfg: DictConfig) -> AssembledRun:
     max_epochs = cfg.trainer.get("max_epochs")
     example = datamodule.example_input_batch(2)
     compression = attach_compression(cfg, student, example, max_epochs)
-    exports = cfg.get("export", False) and not cfg.trainer.get("fast_dev_run")
-    if compression.quantization is not None and exports:
+    if compression.quantization is not None and exports(cfg):
         check_quantization_exportable(compression.quantization, max_epochs)
     module = DistillationModule(
         student,

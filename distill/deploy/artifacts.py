@@ -20,7 +20,6 @@ claims to be complete.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import shutil
 import tempfile
@@ -57,8 +56,8 @@ from distill.deploy.onnx_runtime import (
 from distill.deploy.report import write_report
 from distill.deploy.run_dir import TrainedRun, load_trained_run
 from distill.deploy.slim import SlimReport, remove_zero_channels
-from distill.errors import ConfigError
 from distill.files import atomic_write_json
+from distill.run_summary import SUMMARY_FILE, read_summary
 from distill.summary import count_parameters
 
 log = logging.getLogger(__name__)
@@ -76,13 +75,11 @@ def export_run(run_dir: str | Path, latency_repeats: int = 20) -> Entries:
     in `run_dir`, then merge their entries (under `artifacts`) and the deployment rows into its
     `summary.json`, written last; returns the entries."""
     run_dir = Path(run_dir)
-    summary_path = run_dir / "summary.json"
-    if not summary_path.is_file():
-        raise ConfigError("run_dir", str(run_dir), "a finished run (it has no summary.json)")
+    read_summary(run_dir)  # a finished run, before any work
     entries, rows = produce_artifacts(load_trained_run(run_dir), run_dir, latency_repeats)
-    summary = json.loads(summary_path.read_text())
+    summary = read_summary(run_dir)
     merge_into_summary(summary, entries, rows)
-    atomic_write_json(summary_path, summary)
+    atomic_write_json(run_dir / SUMMARY_FILE, summary)
     return entries
 
 
