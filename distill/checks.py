@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from distill.data import ClassificationDataModule
 from distill.errors import ConfigError
+from distill.validate import require_int
 
 
 def ensure_fresh_run_dir(run_dir: Path) -> None:
@@ -49,3 +53,18 @@ def check_fits_data(model: nn.Module, datamodule: ClassificationDataModule, fiel
 
 def _target_name(model: nn.Module) -> str:
     return f"{type(model).__module__}.{type(model).__qualname__}"
+
+
+@contextlib.contextmanager
+def torch_threads(threads: Any) -> Iterator[None]:
+    """Run with the torch CPU thread count of the run's `threads` (null keeps the process's,
+    by default one per core), restored afterwards. CPU kernels split their sums by thread, so
+    the same recipe on 1 and on 2 threads gives different numbers: recipes record the count
+    they were measured with, and the teacher cache key includes it."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(require_int("threads", threads, minimum=1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

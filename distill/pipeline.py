@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 from omegaconf import OmegaConf
 
 from distill.assembly import AssembledRun, assemble
-from distill.checks import ensure_fresh_run_dir
+from distill.checks import ensure_fresh_run_dir, torch_threads
 from distill.deploy.artifacts import produce_artifacts
 from distill.deploy.run_dir import TrainedRun
 from distill.run_outputs import best_checkpoint_to_test, save_student, sparsity_facts, student_facts
@@ -30,6 +30,7 @@ from distill.teachers import (
     cached_teacher_outputs,
     data_fingerprint,
     provide_teachers,
+    teacher_compute,
     teacher_trainer_factory,
 )
 
@@ -42,6 +43,11 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the st
 
 def train(cfg: Any) -> dict[str, Any]:
     """Run the recipe in `cfg`; returns the summary that is also written to summary.json."""
+    with torch_threads(cfg.get("threads")):
+        return _run(cfg)
+
+
+def _run(cfg: Any) -> dict[str, Any]:
     timing = Stopwatch()
     run_dir = Path(cfg.paths.output_dir)
     ensure_fresh_run_dir(run_dir)
@@ -115,6 +121,7 @@ def provide_teacher(run: AssembledRun) -> dict[str, Any] | None:
         run.teacher_specs,
         data_fingerprint(cfg.data),
         seed=cfg.seed,
+        compute=teacher_compute(cfg.trainer),
         trainer_factory=teacher_trainer_factory(cfg.trainer),
         datamodule=run.datamodule,
         run_dir=Path(cfg.paths.output_dir),

@@ -18,7 +18,12 @@ from distill.teachers.frozen import FrozenTeacher, as_teacher
 from distill.teachers.outputs import TeacherOutputs, cached_teacher_outputs, weights_digest
 from distill.teachers.provision import build_teachers, provide_teacher, provide_teachers
 from distill.teachers.spec import TeacherSpec, ensemble_rule, teacher_specs
-from distill.teachers.training import TrainerFactory, teacher_trainer_factory, train_teacher
+from distill.teachers.training import (
+    TrainerFactory,
+    teacher_compute,
+    teacher_trainer_factory,
+    train_teacher,
+)
 
 __all__ = [
     "CACHE_FORMAT",
@@ -44,6 +49,7 @@ __all__ = [
     "provide_teacher",
     "provide_teachers",
     "teacher_cache_key",
+    "teacher_compute",
     "teacher_key_material",
     "teacher_specs",
     "teacher_trainer_factory",

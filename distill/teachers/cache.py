@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 # training order of every epoch is a function of (seed, epoch) (distill/data/resumable.py), so
 # teachers trained before would differ from the ones the same settings train now. 3: teachers
 # are trained in train mode; an ensemble member cached before trained BatchNorm on its initial
-# statistics (eval mode), under the same key as the teacher trained alone.
-CACHE_FORMAT = 3
+# statistics (eval mode), under the same key as the teacher trained alone. 4: a teacher starts
+# from initial weights drawn from its seed alone (not from whatever the process drew before),
+# and the key records the compute it was trained on (accelerator, precision, CPU threads).
+CACHE_FORMAT = 4
 
 # Settings that change how fast data loads but not what a teacher learns from it.
 DATA_KEYS_NOT_IN_CACHE_KEY = ("num_workers", "eval_batch_size")
@@ -58,22 +60,29 @@ def data_fingerprint(data: DictConfig) -> dict[str, Any]:
 
 
 def teacher_key_material(
-    spec: TeacherSpec, data_fingerprint: Mapping[str, Any], seed: int
+    spec: TeacherSpec,
+    data_fingerprint: Mapping[str, Any],
+    seed: int,
+    compute: Mapping[str, Any],
 ) -> dict[str, Any]:
     """Everything that determines the weights a teacher is trained to, and nothing else: the
     one place that decides what the teacher cache key covers (`cache_key` hashes it; it is
-    also written to the entry's meta.json)."""
+    also written to the entry's meta.json). `compute` is `training.teacher_compute`: on CPU
+    the thread count changes the order in which kernels sum, and so the weights."""
     return {
         "model": copy.deepcopy(dict(spec.model)),
         "data": copy.deepcopy(dict(data_fingerprint)),
         "train": copy.deepcopy(dict(spec.train)) if spec.train is not None else None,
         "seed": seed,
+        "compute": dict(compute),
     }
 
 
-def teacher_cache_key(spec: TeacherSpec, data_fingerprint: Mapping[str, Any], seed: int) -> str:
-    """The teacher cache key of `spec` trained on that data with that seed."""
-    return cache_key(teacher_key_material(spec, data_fingerprint, seed))
+def teacher_cache_key(
+    spec: TeacherSpec, data_fingerprint: Mapping[str, Any], seed: int, compute: Mapping[str, Any]
+) -> str:
+    """The teacher cache key of `spec` trained on that data with that seed and compute."""
+    return cache_key(teacher_key_material(spec, data_fingerprint, seed, compute))
 
 
 def cache_key(material: Mapping[str, Any]) -> str:

@@ -55,6 +55,7 @@ def provide_teachers(
     specs: Mapping[str, TeacherSpec],
     data_fingerprint: Mapping[str, Any],
     seed: int,
+    compute: Mapping[str, Any],
     trainer_factory: TrainerFactory,
     datamodule: ClassificationDataModule,
     run_dir: Path,
@@ -63,7 +64,14 @@ def provide_teachers(
     (`teacher.describe` puts them in place)."""
     return {
         name: provide_teacher(
-            specs[name], model, data_fingerprint, seed, trainer_factory, datamodule, run_dir
+            specs[name],
+            model,
+            data_fingerprint,
+            seed,
+            compute,
+            trainer_factory,
+            datamodule,
+            run_dir,
         )
         for name, model in teacher.member_models().items()
     }
@@ -74,6 +82,7 @@ def provide_teacher(
     model: nn.Module,
     data_fingerprint: Mapping[str, Any],
     seed: int,
+    compute: Mapping[str, Any],
     trainer_factory: TrainerFactory,
     datamodule: ClassificationDataModule,
     run_dir: Path,
@@ -87,7 +96,7 @@ def provide_teacher(
     assert spec.cache_dir is not None  # a spec that must train has one
     cached = TeacherCache(spec.cache_dir, field=spec.cache_dir_field).get_or_train(
         model,
-        teacher_key_material(spec, data_fingerprint, seed),
+        teacher_key_material(spec, data_fingerprint, seed, compute),
         train=lambda m: train_teacher(
             spec, m, datamodule, seed, trainer_factory, run_dir / "teacher"
         ),

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig
 from torch import nn
 
@@ -49,6 +50,25 @@ def teacher_trainer_factory(trainer: DictConfig) -> TrainerFactory:
     return make
 
 
+def teacher_compute(trainer: DictConfig) -> dict[str, Any]:
+    """What a teacher trained by `teacher_trainer_factory(trainer)` is computed on, as far as
+    it changes the weights: accelerator, precision and, on CPU, the torch thread count (CPU
+    kernels split their sums by thread, so 1 and 2 threads train different teachers). Part of
+    the teacher cache key."""
+    accelerator = str(trainer.get("accelerator", "auto"))
+    if accelerator == "auto":
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    elif accelerator == "gpu":
+        accelerator = "cuda"
+    compute: dict[str, Any] = {
+        "accelerator": accelerator,
+        "precision": str(trainer.get("precision", "32-true")),
+    }
+    if accelerator == "cpu":
+        compute["threads"] = torch.get_num_threads()
+    return compute
+
+
 def train_teacher(
     spec: TeacherSpec,
     model: nn.Module,
@@ -63,6 +83,10 @@ def train_teacher(
 
     started = time.perf_counter()
     pl.seed_everything(seed, workers=True)
+    # Start from initial weights drawn from the seed alone. The model was built with the run,
+    # after whatever else the process drew from the global RNG (a student built first, an
+    # earlier fit), so its own initial weights are not a function of the cache key.
+    model.load_state_dict(spec.build_model().state_dict())
     # The run's teacher wraps its members frozen (eval mode, no gradients) before they are
     # trained; undo both for this one, in place. Lightning does not switch modules to train
     # mode when fit starts (it warns and keeps the mode), so a model left in eval mode would

@@ -34,6 +34,7 @@ TRAIN = {
     "lr_scheduler": None,
 }
 DATA = {"_target_": "toy", "num_samples": 600, "batch_size": 32}
+CPU = {"accelerator": "cpu", "precision": "32-true", "threads": 2}
 
 
 def spec(**changes) -> TeacherSpec:
@@ -48,39 +49,43 @@ def spec(**changes) -> TeacherSpec:
 
 
 def test_the_cache_key_material_is_the_one_teachers_were_cached_under():
-    # The material is what the code before teachers/ hashed ({"model", "data", "train",
-    # "seed"}): under CACHE_FORMAT 2 it gave this key. Format 3 (teachers trained in train
-    # mode) retrains every teacher once, under a new key.
-    material = teacher_key_material(spec(), DATA, seed=0)
+    # Without `compute`, the material is what the code before teachers/ hashed ({"model",
+    # "data", "train", "seed"}): under CACHE_FORMAT 2 it gave this key. Format 4 (initial
+    # weights from the seed alone, compute in the key) retrains every teacher once.
+    material = teacher_key_material(spec(), DATA, seed=0, compute=CPU)
+    assert material.pop("compute") == CPU
     canonical = json.dumps({"format": 2, **material}, sort_keys=True, default=str)
     assert hashlib.sha256(canonical.encode()).hexdigest()[:20] == "1d9b859796e56ff272c9"
-    assert CACHE_FORMAT == 3
-    assert teacher_cache_key(spec(), DATA, seed=0) == "8c496e1bd9913698de25"
     assert material == {"model": MODEL, "data": DATA, "train": TRAIN, "seed": 0}
-    assert cache_key(material) == teacher_cache_key(spec(), DATA, seed=0)
+    assert CACHE_FORMAT == 4
+    key = teacher_cache_key(spec(), DATA, seed=0, compute=CPU)
+    assert key == cache_key({**material, "compute": CPU})
+    assert key == "72190ea55e9de8a6607a"
 
 
-def test_the_cache_key_depends_on_spec_data_and_seed_and_nothing_else():
-    key = teacher_cache_key(spec(), DATA, seed=0)
+def test_the_cache_key_depends_on_spec_data_seed_and_compute_and_nothing_else():
+    key = teacher_cache_key(spec(), DATA, seed=0, compute=CPU)
     # What does not change the weights a teacher is trained to leaves the key alone.
     for same in (
         spec(weight=3.0),
         spec(field="teacher"),
         spec(cache_dir="/elsewhere", cache_dir_field="teachers.wide.cache_dir"),
     ):
-        assert teacher_cache_key(same, DATA, seed=0) == key
+        assert teacher_cache_key(same, DATA, seed=0, compute=CPU) == key
     others = [
-        teacher_cache_key(spec(model={**MODEL, "out_features": 5}), DATA, seed=0),
-        teacher_cache_key(spec(train={**TRAIN, "max_epochs": 3}), DATA, seed=0),
-        teacher_cache_key(spec(), {**DATA, "num_samples": 601}, seed=0),
-        teacher_cache_key(spec(), DATA, seed=1),
+        teacher_cache_key(spec(model={**MODEL, "out_features": 5}), DATA, seed=0, compute=CPU),
+        teacher_cache_key(spec(train={**TRAIN, "max_epochs": 3}), DATA, seed=0, compute=CPU),
+        teacher_cache_key(spec(), {**DATA, "num_samples": 601}, seed=0, compute=CPU),
+        teacher_cache_key(spec(), DATA, seed=1, compute=CPU),
+        teacher_cache_key(spec(), DATA, seed=0, compute={**CPU, "threads": 1}),
+        teacher_cache_key(spec(), DATA, seed=0, compute={**CPU, "precision": "bf16-mixed"}),
     ]
-    assert len({key, *others}) == 5
+    assert len({key, *others}) == 7
     # The spec keeps its own copies: changing the config it came from changes nothing.
     model = dict(MODEL)
     copied = spec(model=model)
     model["out_features"] = 9
-    assert teacher_cache_key(copied, DATA, seed=0) == key
+    assert teacher_cache_key(copied, DATA, seed=0, compute=CPU) == key
     with pytest.raises(dataclasses.FrozenInstanceError):
         copied.weight = 2.0  # type: ignore[misc]
 
@@ -132,11 +137,12 @@ def test_specs_come_from_teacher_or_teachers_as_the_run_config_says(compose_cfg)
         if k not in ("num_workers", "eval_batch_size")
     }
     assert data_fingerprint(cfg.data) == old_data
-    assert teacher_key_material(single, data_fingerprint(cfg.data), cfg.seed) == {
+    assert teacher_key_material(single, data_fingerprint(cfg.data), cfg.seed, CPU) == {
         "model": OmegaConf.to_container(cfg.teacher.model, resolve=True),
         "data": old_data,
         "train": OmegaConf.to_container(cfg.teacher.train, resolve=True),
         "seed": cfg.seed,
+        "compute": CPU,
     }
     assert single.train["lr_scheduler"]["T_max"] == 30  # ${..max_epochs}, resolved
 
@@ -226,10 +232,10 @@ class RecordingTrainer:
 def test_a_member_frozen_by_its_teacher_trains_in_train_mode_with_gradients(tmp_path):
     from distill.teachers import train_teacher
 
-    frozen = FrozenTeacher(nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)))
+    frozen = FrozenTeacher(nn.BatchNorm1d(3))
     seen: list = []
     facts = train_teacher(
-        spec(),
+        spec(model={"_target_": "torch.nn.BatchNorm1d", "num_features": 3}),
         frozen.model,
         SimpleNamespace(num_classes=3),
         seed=0,
