@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -9,6 +10,9 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from distill.errors import ConfigError
+
+# Configs live at the repository's top level (conf/), next to the package of an editable install.
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def build(node: Any, field: str, **kwargs: Any) -> Any:

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from distill.config import CONF_DIR
 from distill.errors import ConfigError, ExportError
-
-# Configs live at the repository's top level (conf/), next to the package of an editable install.
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 log = logging.getLogger("distill")
 

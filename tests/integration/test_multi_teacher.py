@@ -10,7 +10,7 @@ from distill.pipeline import train
 from .test_fast_dev_run import QUIET
 
 SMALL = [
-    "experiment=mnist1d_multi_teacher",
+    "recipe=mnist1d_multi_teacher",
     "data.num_samples=600",
     "teachers.k5.train.max_epochs=2",
     "teachers.k7.train.max_epochs=2",

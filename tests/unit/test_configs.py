@@ -12,6 +12,7 @@ from distill.checks import check_fits_data
 from distill.config import build, build_named
 from distill.data import ClassificationDataModule, write_cifar_batches
 from distill.losses import LossTerm, WeightedSum
+from distill.recipe import recipe_names
 from distill.module import DistillationModule
 
 from ..conftest import CONF_DIR, config_options
@@ -30,15 +31,19 @@ GROUPS = [
     "pruning",
     "quantization",
     "paths",
-    "experiment",
 ]
-SETTINGS = [(group, option) for group in GROUPS for option in config_options(group)]
+# Recipes are a group too, served from recipes/ by hydra_plugins/distill_recipes.
+SETTINGS = [(group, option) for group in GROUPS for option in config_options(group)] + [
+    ("recipe", name) for name in recipe_names()
+]
 
 
 def test_settings_table_covers_every_config_file():
     groups = {path.name for path in CONF_DIR.iterdir() if path.is_dir()} - {"hydra"}
     assert groups == set(GROUPS)
-    assert len(SETTINGS) == sum(len(config_options(group)) for group in groups)
+    assert len(SETTINGS) == sum(len(config_options(group)) for group in groups) + len(
+        recipe_names()
+    )
 
 
 def write_tiny_cifar(root, variant):
@@ -68,7 +73,7 @@ def test_config_option_composes_and_instantiates(group, option, compose_cfg, tmp
         datamodule.setup("fit")
         assert datamodule.num_classes == cfg.data.num_classes
         assert tuple(datamodule.input_shape) == tuple(cfg.data.input_shape)
-    elif group in {"student", "teacher", "experiment"}:
+    elif group in {"student", "teacher", "recipe"}:
         if cfg.data.get("variant", "").startswith("cifar"):
             write_tiny_cifar(tmp_path, cfg.data.variant)
         datamodule = build(cfg.data, "data")
@@ -78,7 +83,7 @@ def test_config_option_composes_and_instantiates(group, option, compose_cfg, tmp
             models[field] = model = build(node, field)
             assert isinstance(model, nn.Module)
             check_fits_data(model, datamodule, field)
-        if group == "experiment":
+        if group == "recipe":
             # Every tap the recipe's loss names exists, and adapters/heads size themselves.
             loss = WeightedSum(build_named(cfg.loss, "loss"))
             DistillationModule(

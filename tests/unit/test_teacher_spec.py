@@ -146,7 +146,7 @@ def test_specs_come_from_teacher_or_teachers_as_the_run_config_says(compose_cfg)
     }
     assert single.train["lr_scheduler"]["T_max"] == 30  # ${..max_epochs}, resolved
 
-    several = teacher_specs(compose_cfg("experiment=mnist1d_multi_teacher"))
+    several = teacher_specs(compose_cfg("recipe=mnist1d_multi_teacher"))
     assert {name: s.field for name, s in several.items()} == {
         "k5": "teachers.k5",
         "k7": "teachers.k7",
@@ -159,11 +159,11 @@ def test_specs_come_from_teacher_or_teachers_as_the_run_config_says(compose_cfg)
 def test_bad_settings_in_the_run_config_are_named(compose_cfg):
     with pytest.raises(ConfigError) as error:
         teacher_specs(
-            compose_cfg("experiment=mnist1d_multi_teacher", "teachers.k7.train.max_epochs=0")
+            compose_cfg("recipe=mnist1d_multi_teacher", "teachers.k7.train.max_epochs=0")
         )
     assert error.value.field == "teachers.k7.train.max_epochs"
     with pytest.raises(ConfigError) as error:
-        teacher_specs(compose_cfg("experiment=mnist1d_multi_teacher", "teachers.k5.weight=0"))
+        teacher_specs(compose_cfg("recipe=mnist1d_multi_teacher", "teachers.k5.weight=0"))
     assert error.value.field == "teachers.k5.weight"
 
 

@@ -1,0 +1,80 @@
+"""`distill-reproduce`: run a recipe exactly as `distill-train recipe=NAME` does, then check it.
+
+The recipe is composed and assembled here first (nothing trained), so a recipe without
+expected numbers, or with a key its summary will not hold, is refused in seconds. The run
+itself is a `distill-train` process with the same overrides and a known run directory: what
+is checked is what a user's own `distill-train recipe=NAME` gives.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from distill.assembly import assemble
+from distill.checks import torch_threads
+from distill.config import CONF_DIR
+from distill.errors import ConfigError
+from distill.recipe import RECIPES_DIR, Recipe, find_recipe, read_recipe
+from distill.reproduce import check_expected_keys, compare, write_reproduction
+from distill.run_summary import SUMMARY_FILE
+
+
+def prepare(
+    name_or_path: str, quick: bool, overrides: Sequence[str]
+) -> tuple[Recipe, list[str], Path]:
+    """The checked recipe, the distill-train overrides that run it, and its run directory."""
+    folder, name = find_recipe(name_or_path)
+    run_overrides = [f"recipe={name}"]
+    if folder != RECIPES_DIR:
+        run_overrides.append(f"hydra.searchpath=[distill-recipes://{folder}]")
+    recipe = read_recipe(_compose([*run_overrides, *overrides]), name)
+    if quick and not recipe.has_quick:
+        raise ConfigError(
+            "recipe.quick", None, f"a `quick:` block with its own expected numbers in {name}"
+        )
+    run_overrides += [*(recipe.quick_overrides if quick else ()), *overrides]
+    cfg = _compose(run_overrides)
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f") + ("-quick" if quick else "")
+    run_dir = Path(cfg.paths.log_dir) / "reproduce" / name / stamp
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+    with torch_threads(cfg.get("threads")):
+        check_expected_keys(recipe, quick, assemble(cfg))
+    return recipe, run_overrides, run_dir
+
+
+def reproduce(name_or_path: str, quick: bool, overrides: Sequence[str]) -> dict[str, Any]:
+    """Run the recipe and check it; the result that reproduce.json holds."""
+    recipe, run_overrides, run_dir = prepare(name_or_path, quick, overrides)
+    command = shlex.join(["distill-train", *run_overrides])
+    process = subprocess.run(
+        [sys.executable, "-m", "distill.cli.train", *run_overrides, f"hydra.run.dir={run_dir}"]
+    )
+    summary_path = run_dir / SUMMARY_FILE
+    error = None
+    summary: dict[str, Any] = {}
+    if process.returncode != 0:
+        error = f"distill-train exited with status {process.returncode}"
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+    elif error is None:
+        error = f"the run wrote no {SUMMARY_FILE}"
+    checks = compare(recipe.expectations(quick), summary)
+    return write_reproduction(run_dir, recipe, quick, checks, command, error)
+
+
+def _compose(overrides: Sequence[str]) -> DictConfig:
+    # ${hydra:runtime.output_dir} exists only inside a Hydra app: a placeholder until the run
+    # directory is known.
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=[*overrides, "paths.output_dir=unset"])
