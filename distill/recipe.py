@@ -75,9 +75,12 @@ class Recipe:
 
 
 def recipe_names(directory: Path = RECIPES_DIR) -> list[str]:
-    """Every recipe under `directory`, as `recipe=` takes them (sub/folder/name)."""
+    """Every recipe under `directory`, as `recipe=` takes them (sub/folder/name). Files whose
+    name starts with `_` hold settings the recipes of their folder share: not recipes."""
     return sorted(
-        path.relative_to(directory).with_suffix("").as_posix() for path in directory.rglob("*.yaml")
+        path.relative_to(directory).with_suffix("").as_posix()
+        for path in directory.rglob("*.yaml")
+        if not path.name.startswith("_")
     )
 
 
@@ -92,12 +95,23 @@ def find_recipe(name_or_path: str) -> tuple[Path, str]:
         return RECIPES_DIR, name_or_path
     names = recipe_names()
     close = difflib.get_close_matches(name_or_path, names, n=5, cutoff=0.5)
-    hint = f"did you mean {', '.join(close)}? " if close else ""
+    known = f"did you mean {', '.join(close)}?" if close else f"one of {', '.join(names)}"
     raise ConfigError(
-        "recipe",
-        name_or_path,
-        f"a recipe of {RECIPES_DIR} ({hint}all: {', '.join(names)}) or a path to a .yaml file",
+        "recipe", name_or_path, f"a recipe of {RECIPES_DIR} ({known}) or a path to a .yaml file"
     )
+
+
+def check_recipe_overrides(overrides: list[str]) -> None:
+    """Refuse `recipe=NAME` (or a sweep `recipe=a,b`) naming no recipe of recipes/, with the
+    close names, before Hydra composes anything. Own folders (`hydra.searchpath=...`) are
+    Hydra's to check."""
+    if any(override.startswith("hydra.searchpath") for override in overrides):
+        return
+    for override in overrides:
+        if override.startswith("recipe="):
+            for name in override.removeprefix("recipe=").split(","):
+                if name.strip() not in ("", "null"):
+                    find_recipe(name.strip())
 
 
 def read_recipe(cfg: DictConfig, name: str) -> Recipe:

@@ -68,6 +68,8 @@ def check_expected_keys(recipe: Recipe, quick: bool, run: AssembledRun) -> None:
             continue
         close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        if key.startswith("artifacts.") and not run.exports:
+            hint = " (the export is off: export=false, or a fast_dev_run)"
         raise ConfigError(
             f"{block}.{key}",
             recipe.expectations(quick)[key].value,

@@ -195,3 +195,32 @@ def test_an_input_shape_the_exported_student_cannot_take_is_a_clear_error(qat_ru
     onnx_model = OrtModel(run_dir / summary["artifacts"]["onnx_fp32"]["path"])
     with pytest.raises(ExportError, match=r"input of shape \(2, 1, 5, 5\)"):
         onnx_model(torch.rand(2, 1, 5, 5))
+
+
+def numeric_keys(node, prefix="") -> set[str]:
+    """Dotted keys of every number in a summary."""
+    if isinstance(node, dict):
+        return set().union(*(numeric_keys(v, f"{prefix}{k}.") for k, v in node.items()))
+    is_number = isinstance(node, int | float) and not isinstance(node, bool)
+    return {prefix.rstrip(".")} if is_number else set()
+
+
+def test_the_keys_a_recipe_may_expect_are_the_numbers_the_summary_holds(qat_run):
+    from distill.assembly import assemble
+    from distill.reproduce import summary_metric_keys
+
+    _, summary, cfg = qat_run
+    # What the run wrote, without the numbers no recipe should pin: wall times, counts of
+    # encodings and channels (slim.params says it), the optimized ONNX files' own checks, the
+    # sizes of files that are records rather than deliverables (reports, checkpoints).
+    records = ("artifacts.report_", "artifacts.checkpoint_", "teacher.checkpoint.")
+    written = {
+        key
+        for key in numeric_keys(summary)
+        if not key.startswith(("timing.", "seed", "data.", "quantization.", *records))
+        and ".channels." not in key
+        and ".encodings." not in key
+        and ".opt_" not in key
+        and not key.endswith(".weight_bits")
+    }
+    assert summary_metric_keys(assemble(cfg)) == written

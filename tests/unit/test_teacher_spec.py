@@ -158,9 +158,7 @@ def test_specs_come_from_teacher_or_teachers_as_the_run_config_says(compose_cfg)
 
 def test_bad_settings_in_the_run_config_are_named(compose_cfg):
     with pytest.raises(ConfigError) as error:
-        teacher_specs(
-            compose_cfg("recipe=mnist1d_multi_teacher", "teachers.k7.train.max_epochs=0")
-        )
+        teacher_specs(compose_cfg("recipe=mnist1d_multi_teacher", "teachers.k7.train.max_epochs=0"))
     assert error.value.field == "teachers.k7.train.max_epochs"
     with pytest.raises(ConfigError) as error:
         teacher_specs(compose_cfg("recipe=mnist1d_multi_teacher", "teachers.k5.weight=0"))
