@@ -12,8 +12,8 @@ from distill.checks import check_fits_data
 from distill.config import build, build_named
 from distill.data import ClassificationDataModule, write_cifar_batches
 from distill.losses import LossTerm, WeightedSum
-from distill.recipe import recipe_names
 from distill.module import DistillationModule
+from distill.recipe import recipe_names
 
 from ..conftest import CONF_DIR, config_options
 
