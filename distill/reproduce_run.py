@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from distill.assembly import assemble
 from distill.checks import torch_threads
@@ -34,6 +34,11 @@ def prepare(
 ) -> tuple[Recipe, list[str], Path]:
     """The checked recipe, the distill-train overrides that run it, and its run directory."""
     folder, name = find_recipe(name_or_path)
+    if "recipe" not in (OmegaConf.load(folder / f"{name}.yaml") or {}):
+        # Numbers composed in from a file the recipe includes belong to that file's recipe.
+        raise ConfigError(
+            "recipe", name, "a recipe file with its own `recipe:` block of expected numbers"
+        )
     run_overrides = [f"recipe={name}"]
     if folder != RECIPES_DIR:
         run_overrides.append(f"hydra.searchpath=[distill-recipes://{folder}]")
