@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 from omegaconf import OmegaConf
 
 from distill.assembly import AssembledRun, assemble
+from distill.baseline import baseline_facts, train_baseline, wants_baseline
 from distill.checks import ensure_fresh_run_dir, torch_threads
 from distill.deploy.artifacts import produce_artifacts
 from distill.deploy.run_dir import TrainedRun
@@ -54,6 +55,8 @@ def _run(cfg: Any) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     run = assemble(cfg)
     check_metric_key(cfg.get("optimized_metric"), run.exports)
+    # Before this run's teacher and fit, which reseed: the run is the same with or without.
+    baseline = train_baseline(cfg, train) if wants_baseline(cfg, run.teacher is not None) else None
 
     with timing("teacher_s"):
         teacher = provide_teacher(run)
@@ -103,6 +106,8 @@ def _run(cfg: Any) -> dict[str, Any]:
             summary.artifacts.update(entries)
     finally:
         # A failed export keeps the trained run, whose summary then lists no export.
+        if baseline is not None:
+            summary.baseline = baseline_facts(summary.to_dict(), baseline)
         summary.timing["total_s"] = timing.total()
         summary.write(run_dir)
     if cfg.get("export", False) and not run.exports:

@@ -56,6 +56,11 @@ def summary_metric_keys(run: AssembledRun) -> set[str]:
             exported.append("onnx_int8_ptq_static")  # the post-training baseline of QAT
         keys |= {f"artifacts.{name}.{number}" for name in exported for number in MEASURED}
         keys |= {"artifacts.compressed.bytes_dense_fp32", "artifacts.compressed.ratio"}
+    if run.cfg.get("baseline"):
+        accuracies = [
+            key for key in keys if key.endswith(".test_acc") and key != "teacher.test_acc"
+        ]
+        keys |= {f"baseline.{part}.{key}" for key in accuracies for part in ("test_acc", "kd_gain")}
     return keys
 
 

@@ -34,6 +34,8 @@ class RunSummary:
     timing: dict[str, Any] = field(default_factory=dict)
     quantization: dict[str, Any] | None = None
     deployment: list[dict[str, Any]] | None = None
+    # The labels-only student's numbers and the KD gain (`baseline=true`, distill/baseline.py).
+    baseline: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         summary: dict[str, Any] = {
@@ -53,6 +55,8 @@ class RunSummary:
             summary["quantization"] = self.quantization
         if self.deployment is not None:
             summary["deployment"] = self.deployment
+        if self.baseline is not None:
+            summary["baseline"] = self.baseline
         return summary
 
     def write(self, run_dir: Path) -> Path:
@@ -60,7 +64,7 @@ class RunSummary:
 
 
 # Where an optimized metric may come from, and whether it needs the deployment export.
-METRIC_SECTIONS = ("student", "teacher", "sparsity", "timing", "artifacts")
+METRIC_SECTIONS = ("student", "teacher", "sparsity", "timing", "artifacts", "baseline")
 
 
 def check_metric_key(key: str | None, exports: bool) -> str | None:
