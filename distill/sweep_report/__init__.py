@@ -78,8 +78,9 @@ def write_sweep_report(
         REPORT_CSV: to_csv(rows).encode(),
         **render_charts(rows, chosen),
     }
-    files = [
-        atomic_write(out / name, lambda handle, data=data: handle.write(data))
-        for name, data in contents.items()
-    ]
+    files = [_write(out / name, data) for name, data in contents.items()]
     return SweepReport(files=files, runs=runs, artifact=chosen)
+
+
+def _write(path: Path, data: bytes) -> Path:
+    return atomic_write(path, lambda handle: handle.write(data))

@@ -43,15 +43,16 @@ def labels(
 ) -> tuple[list[str], list[str]]:
     """(full labels, short labels), one of each per run.
 
-    A label is the run's overrides that differ across the runs, in the order given on the
-    command line; when none differ (one run, or repeats) it is all of them; with no overrides
-    at all (not a Hydra run) it is the run's fallback (its directory).
+    A label is the run's overrides that differ across the runs (absent counts as different),
+    in the order given on the command line; when none differ (one run, or repeats) it is all of
+    them; a run left with none (not a Hydra run, or one on the defaults) is labeled by its
+    fallback (its directory).
     """
     varying = varying_keys(overrides)
     short = short_keys(sorted(varying))
     full_labels, short_labels = [], []
     for run, fallback in zip(overrides, fallbacks, strict=True):
-        shown = [item for item in run if override_key(item) in varying] or list(run)
+        shown = [item for item in run if override_key(item) in varying] if varying else list(run)
         full_labels.append(" ".join(shown) or fallback)
         short_labels.append(
             " ".join(_shorten(item, short) for item in shown) if shown else fallback

@@ -71,8 +71,9 @@ def read_run(path: Path, root: Path) -> Run:
     if summary_path.is_file():
         try:
             summary = json.loads(summary_path.read_text())
-        except (OSError, ValueError) as error:
-            return Run(path, rel, overrides, FAILED, None, f"{SUMMARY_FILE} is unreadable: {error}")
+        except (OSError, ValueError) as unreadable:
+            message = f"{SUMMARY_FILE} is unreadable: {unreadable}"
+            return Run(path, rel, overrides, FAILED, None, message)
         if isinstance(summary, dict):
             return Run(path, rel, overrides, FINISHED, summary, None)
         return Run(path, rel, overrides, FAILED, None, f"{SUMMARY_FILE} is not a JSON object")
