@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         len(statuses),
         statuses.count(FINISHED),
         statuses.count(FAILED),
-        report.artifact,
+        report.artifact or "none (no run finished)",
         ", ".join(str(path) for path in report.files),
     )
     return 0

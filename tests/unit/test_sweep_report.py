@@ -269,3 +269,22 @@ def test_errors_are_read_from_logs_and_stderr() -> None:
     assert log_error(bare) == "Traceback (most recent call last):\n  File x\nValueError: bad"
     assert stderr_error(bare) == log_error(bare)
     assert stderr_error("all good\n") is None
+
+
+def test_a_crash_leaves_its_traceback_in_the_job_log(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from omegaconf import OmegaConf
+
+    import distill.pipeline
+    from distill.cli.train import _train
+
+    def crash(cfg: Any) -> None:
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(distill.pipeline, "train", crash)
+    with pytest.raises(RuntimeError):
+        _train.__wrapped__(OmegaConf.create({}))  # type: ignore[attr-defined]
+    logged = "\n".join(caplog.text.splitlines()[-3:])
+    assert "Run failed" in caplog.text and "Traceback (most recent call last):" in caplog.text
+    assert logged.endswith("RuntimeError: mat1 and mat2 shapes cannot be multiplied")
