@@ -24,6 +24,9 @@ CHARTS = {
     ),
 }
 
+_DOMINATED: dict[str, Any] = {"color": "tab:blue", "label": "dominated", "zorder": 3}
+_FRONT: dict[str, Any] = {"color": "tab:red", "s": 60, "label": "Pareto front", "zorder": 4}
+
 
 def render_charts(rows: Sequence[dict[str, Any]], artifact: str | None) -> dict[str, bytes]:
     """Each chart's file name and PNG bytes."""
@@ -65,21 +68,10 @@ def _render(
     else:
         points = [(row["artifact_acc"] * 100, row[cost] * scale) for row in shown]
         flags = [bool(row[flag]) for row in shown]
-        ax.scatter(
-            [c for (_, c), f in zip(points, flags, strict=True) if not f],
-            [a for (a, _), f in zip(points, flags, strict=True) if not f],
-            color="tab:blue",
-            label="dominated",
-            zorder=3,
-        )
-        ax.scatter(
-            [c for (_, c), f in zip(points, flags, strict=True) if f],
-            [a for (a, _), f in zip(points, flags, strict=True) if f],
-            color="tab:red",
-            s=60,
-            label="Pareto front",
-            zorder=4,
-        )
+        for on_front, style in ((False, _DOMINATED), (True, _FRONT)):
+            chosen = [point for point, f in zip(points, flags, strict=True) if f == on_front]
+            if chosen:  # an empty scatter would still put its label in the legend
+                ax.scatter([c for _, c in chosen], [a for a, _ in chosen], **style)
         costs, accuracies = front_steps(points, flags)
         ax.step(costs, accuracies, where="post", color="tab:red", alpha=0.6, zorder=2)
         for (accuracy, x), row in zip(points, shown, strict=True):

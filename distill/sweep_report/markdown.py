@@ -21,7 +21,8 @@ def render_markdown(
     lines = [
         f"# Sweep report: {root}",
         "",
-        f"{len(rows)} runs: {counts[FINISHED]} finished, {counts[FAILED]} failed, "
+        f"{len(rows)} run{'' if len(rows) == 1 else 's'}: {counts[FINISHED]} finished, "
+        f"{counts[FAILED]} failed, "
         f"{counts[NO_SUMMARY]} without a summary (running or killed).",
         "",
     ]
