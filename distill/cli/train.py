@@ -30,6 +30,11 @@ def _train(cfg: DictConfig) -> float | None:
         # Training finished and its outputs are kept; only the export is missing.
         log.error("Export failed, no deployment artifact was kept: %s", error)
         sys.exit(1)
+    except Exception:
+        # Hydra prints a crash's traceback to the terminal only; the job log keeps it too, so a
+        # failed run of a sweep says why (distill-report reads it from there).
+        log.exception("Run failed")
+        raise
     key = cfg.get("optimized_metric")
     # Ranks other than 0 of a DDP run return no summary, and have nothing to report.
     return metric(summary, key) if key and summary else None
