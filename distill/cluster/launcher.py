@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from distill.errors import ConfigError
-from distill.validate import is_int, require_int
+from distill.validate import require_int
 
 SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
 # The signal Lightning's SLURMEnvironment requeues on (its default, SIGUSR1).
@@ -54,19 +54,17 @@ def check_launcher(config: DictConfig) -> None:
         value = settings.get(name)
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise ConfigError(f"{FIELD}.{name}", value, "a SLURM name, or null for the default")
-    tasks = settings.get("tasks_per_node")
-    if not is_int(tasks) or tasks < 1:
-        raise ConfigError(f"{FIELD}.tasks_per_node", tasks, TASKS_ALLOWED)
+    require_int(f"{FIELD}.tasks_per_node", settings.get("tasks_per_node"), 1, None, TASKS_ALLOWED)
     require_int(f"{FIELD}.nodes", settings.get("nodes"), minimum=1)
     timeout_min = require_int(f"{FIELD}.timeout_min", settings.get("timeout_min"), minimum=1)
-    delay = settings.get("signal_delay_s")
-    if not is_int(delay) or not 0 < delay < timeout_min * 60:
-        raise ConfigError(
-            f"{FIELD}.signal_delay_s",
-            delay,
-            f"seconds before the time limit ({timeout_min * 60} s) at which SLURM sends "
-            f"SIG{REQUEUE_SIGNAL}: an int in (0, {timeout_min * 60})",
-        )
+    delay = require_int(
+        f"{FIELD}.signal_delay_s",
+        settings.get("signal_delay_s"),
+        minimum=1,
+        maximum=timeout_min * 60 - 1,
+        allowed=f"seconds before the time limit ({timeout_min * 60} s) at which SLURM sends "
+        f"SIG{REQUEUE_SIGNAL}: an int in [1, {timeout_min * 60 - 1}]",
+    )
     for name, minimum in (("gpus_per_node", 0), ("cpus_per_task", 1), ("mem_gb", 1)):
         if settings.get(name) is not None:
             require_int(f"{FIELD}.{name}", settings.get(name), minimum=minimum)

@@ -40,7 +40,7 @@ class MissingTeacherError(ConfigError):
 def resolve_when_missing(setting: object, slurm_sweep_job: bool) -> str:
     """The policy a run applies, `train` or `fail`, for its `teacher.when_missing` setting;
     `slurm_sweep_job` says whether the run is a job of a SLURM-launched multirun."""
-    chosen = require_choice(FIELD, setting, WHEN_MISSING)
+    chosen = str(require_choice(FIELD, setting, WHEN_MISSING))
     if chosen == "auto":
         return "fail" if slurm_sweep_job else "train"
     return chosen

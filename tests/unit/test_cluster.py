@@ -55,7 +55,8 @@ def test_slurm_launcher_runs_one_task_per_trainer_device_and_signals_lightning()
     assert launcher._target_ == SLURM_LAUNCHER
     assert (launcher.partition, launcher.nodes) == ("gpu", 1)
     assert (launcher.tasks_per_node, launcher.gpus_per_node) == (2, 2)  # trainer=ddp: 2 devices
-    assert (launcher.timeout_min, launcher.signal_delay_s, launcher.max_num_timeout) == (240, 120, 0)
+    assert (launcher.timeout_min, launcher.signal_delay_s) == (240, 120)
+    assert launcher.max_num_timeout == 0  # submitit never requeues on its own
     assert OmegaConf.to_container(launcher.additional_parameters, resolve=True) == {
         "signal": "USR1@120",
         "requeue": True,
@@ -113,7 +114,10 @@ def test_sbatch_file_sends_usr1_not_submitits_usr2(tmp_path, monkeypatch):
             20000,
         ),
         (
-            ["hydra.launcher.partition=gpu", "hydra.launcher.additional_parameters.signal=USR2@120"],
+            [
+                "hydra.launcher.partition=gpu",
+                "hydra.launcher.additional_parameters.signal=USR2@120",
+            ],
             "hydra.launcher.additional_parameters.signal",
             "USR2@120",
         ),
