@@ -32,11 +32,11 @@ def teacher_trainer_factory(trainer: DictConfig) -> TrainerFactory:
     them, and they then find this teacher in the cache. A DDP teacher fit here would wait for
     ranks that are themselves waiting for the cache lock.
 
-    Inside a SLURM job the teacher's trainer is told it runs alone (LightningEnvironment):
-    Lightning's SLURMEnvironment would refuse one device in a job of one task per GPU, and
-    would requeue on SIGUSR1 from an hpc checkpoint of the teacher that its own `test`
-    (ckpt_path=None under SLURM means "the newest hpc checkpoint") would then load over the
-    trained weights before they are cached. A teacher is trained before a sweep instead
+    Inside a SLURM job the teacher's trainer is told it runs alone (LightningEnvironment), so
+    it installs no requeue handler: Lightning's SLURMEnvironment would, on SIGUSR1, save an
+    hpc checkpoint of the teacher mid-training, and after the requeue the teacher's own `test`
+    (ckpt_path=None under SLURM means "the newest hpc checkpoint") would load those weights
+    over the trained ones before they are cached. A teacher is trained before a sweep instead
     (`distill-teacher`), or again from scratch by the job that is started next.
     """
 
