@@ -10,6 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hydra.core.utils import setup_globals
+from submitit.core.utils import DelayedSubmission
+
 WORKTREE = Path(__file__).resolve().parents[2]
 TINY = [
     "data=digits",
@@ -44,7 +47,7 @@ def run(module: str, *args: str, root: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_teacher_once_then_a_local_submitit_sweep_finds_it_in_every_job(tmp_path):
+def test_teacher_once_then_a_local_submitit_sweep_finds_it_in_every_job(tmp_path, monkeypatch):
     prepared = run("teacher", *TINY, root=tmp_path)
     assert prepared.returncode == 0, prepared.stderr[-3000:]
     (line,) = [line for line in prepared.stdout.splitlines() if line.startswith("teacher:")]
@@ -78,6 +81,15 @@ def test_teacher_once_then_a_local_submitit_sweep_finds_it_in_every_job(tmp_path
         assert summary["timing"]["epochs"] == epochs
     # Each job's submitit logs: one folder per local job id, with its result.
     assert len(list((sweep_dir / ".submitit").glob("*/*_result.pkl"))) == 2
+
+    # What a requeued job re-runs is this pickle: its launcher's config still resolves to the
+    # same sweep directory (the timestamp is resolved once, cached in the pickled config), so
+    # the job comes back to its own run directory.
+    setup_globals()  # Hydra's resolvers (`now`), as the launcher registers them in a job
+    monkeypatch.setenv("DISTILL_LOG_DIR", str(tmp_path / "logs"))  # oc.env: the job's env
+    for pickled in (sweep_dir / ".submitit").glob("*/*_submitted.pkl"):
+        submission = DelayedSubmission.load(pickled)
+        assert submission.function.config.hydra.sweep.dir == str(sweep_dir)
 
 
 def test_fail_names_the_distill_teacher_command_and_trains_nothing(tmp_path):
