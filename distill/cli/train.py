@@ -52,8 +52,9 @@ def apply_when_missing(cfg: DictConfig) -> None:
     from distill.cluster import is_slurm_sweep_job
     from distill.teachers import resolve_when_missing
 
-    hydra = HydraConfig.get()
-    slurm_job = is_slurm_sweep_job(hydra.mode, hydra.launcher.get("_target_"))
+    # Not initialized when the task is called directly (tests): not a SLURM job then.
+    hydra = HydraConfig.get() if HydraConfig.initialized() else None
+    slurm_job = hydra is not None and is_slurm_sweep_job(hydra.mode, hydra.launcher._target_)
     with open_dict(cfg):
         setting = cfg.teacher.get("when_missing", "auto")
         cfg.teacher.when_missing = resolve_when_missing(setting, slurm_sweep_job=slurm_job)
@@ -62,6 +63,8 @@ def apply_when_missing(cfg: DictConfig) -> None:
 def teacher_command() -> str:
     """The `distill-teacher` command with this job's own overrides (the sweep's included:
     student-side settings do not change a teacher's cache key)."""
+    if not HydraConfig.initialized():
+        return "distill-teacher <the same overrides>"
     return shlex.join(["distill-teacher", *HydraConfig.get().overrides.task])
 
 

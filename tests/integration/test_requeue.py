@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf, open_dict
 
+from distill.errors import ConfigError
 from distill.pipeline import train
 from tests.conftest import compose_train
 
@@ -120,5 +121,5 @@ def test_a_requeued_job_resumes_from_its_hpc_checkpoint_and_ends_as_if_uninterru
         assert torch.equal(states[0][name], states[1][name]), name
 
     # A plain rerun into the finished directory is still refused.
-    with pytest.raises(Exception, match="holds no earlier run"):
+    with pytest.raises(ConfigError, match="holds no earlier run"):
         train(cfg)
