@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from distill.assembly import AssembledRun, assemble
 from distill.baseline import baseline_facts, train_baseline, wants_baseline
 from distill.checks import ensure_fresh_run_dir, torch_threads
+from distill.cluster.requeue import retire_hpc_checkpoints
 from distill.deploy.artifacts import produce_artifacts
 from distill.deploy.run_dir import TrainedRun
 from distill.run_outputs import best_checkpoint_to_test, save_student, sparsity_facts, student_facts
@@ -33,6 +34,7 @@ from distill.teachers import (
     provide_teachers,
     teacher_compute,
     teacher_trainer_factory,
+    when_missing_of,
 )
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,9 @@ def _run(cfg: Any) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     with timing("fit_s"):
         run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # A fit resumed after a SLURM requeue is done with its hpc checkpoints; under SLURM the
+    # test below would otherwise load them instead of the trained weights.
+    retire_hpc_checkpoints(run.trainer, run_dir)
     with timing("test_s"):
         (results,) = run.trainer.test(
             run.module, datamodule=run.datamodule, ckpt_path=best_checkpoint_to_test(run)
@@ -130,6 +135,7 @@ def provide_teacher(run: AssembledRun) -> dict[str, Any] | None:
         trainer_factory=teacher_trainer_factory(cfg.trainer),
         datamodule=run.datamodule,
         run_dir=Path(cfg.paths.output_dir),
+        when_missing=when_missing_of(cfg),
     )
 
 

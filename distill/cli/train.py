@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 
 import hydra
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
 
 from distill.config import CONF_DIR
 from distill.errors import ConfigError, ExportError
@@ -20,9 +22,15 @@ def _train(cfg: DictConfig) -> float | None:
     # Imported here so that `--help` and `--cfg job` answer without loading torch.
     from distill.pipeline import train
     from distill.run_summary import metric
+    from distill.teachers import MissingTeacherError
 
     try:
+        apply_when_missing(cfg)
         summary = train(cfg)
+    except MissingTeacherError as error:
+        log.error("Configuration error: %s", error)
+        log.error("Train the teacher with: %s", teacher_command())
+        sys.exit(2)
     except ConfigError as error:
         log.error("Configuration error: %s", error)
         sys.exit(2)
@@ -38,6 +46,28 @@ def _train(cfg: DictConfig) -> float | None:
     key = cfg.get("optimized_metric")
     # Ranks other than 0 of a DDP run return no summary, and have nothing to report.
     return metric(summary, key) if key and summary else None
+
+
+def apply_when_missing(cfg: DictConfig) -> None:
+    """Replace `teacher.when_missing` by the policy this job applies: only here can Hydra say
+    whether the run is a job of a multirun submitted to SLURM (see distill.teachers.missing)."""
+    from distill.cluster import is_slurm_sweep_job
+    from distill.teachers import resolve_when_missing
+
+    # Not initialized when the task is called directly (tests): not a SLURM job then.
+    hydra = HydraConfig.get() if HydraConfig.initialized() else None
+    slurm_job = hydra is not None and is_slurm_sweep_job(hydra.mode, hydra.launcher._target_)
+    with open_dict(cfg):
+        setting = cfg.teacher.get("when_missing", "auto")
+        cfg.teacher.when_missing = resolve_when_missing(setting, slurm_sweep_job=slurm_job)
+
+
+def teacher_command() -> str:
+    """The `distill-teacher` command with this job's own overrides (the sweep's included:
+    student-side settings do not change a teacher's cache key)."""
+    if not HydraConfig.initialized():
+        return "distill-teacher <the same overrides>"
+    return shlex.join(["distill-teacher", *HydraConfig.get().overrides.task])
 
 
 def main() -> None:

@@ -15,8 +15,20 @@ from distill.teachers.cache import (
 from distill.teachers.checkpoint import load_state_dict_file, load_weights
 from distill.teachers.ensemble import RULES, TeacherEnsemble, ensemble_weights
 from distill.teachers.frozen import FrozenTeacher, as_teacher
+from distill.teachers.missing import (
+    WHEN_MISSING,
+    MissingTeacherError,
+    resolve_when_missing,
+    when_missing_of,
+)
 from distill.teachers.outputs import TeacherOutputs, cached_teacher_outputs, weights_digest
-from distill.teachers.provision import build_teachers, provide_teacher, provide_teachers
+from distill.teachers.prepare import prepare_teachers
+from distill.teachers.provision import (
+    build_teachers,
+    provide_teacher,
+    provide_teachers,
+    require_cached,
+)
 from distill.teachers.spec import TeacherSpec, ensemble_rule, teacher_specs
 from distill.teachers.training import (
     TrainerFactory,
@@ -28,8 +40,10 @@ from distill.teachers.training import (
 __all__ = [
     "CACHE_FORMAT",
     "RULES",
+    "WHEN_MISSING",
     "CachedTeacher",
     "FrozenTeacher",
+    "MissingTeacherError",
     "Teacher",
     "TeacherCache",
     "TeacherEnsemble",
@@ -46,8 +60,11 @@ __all__ = [
     "ensemble_weights",
     "load_state_dict_file",
     "load_weights",
+    "prepare_teachers",
     "provide_teacher",
     "provide_teachers",
+    "require_cached",
+    "resolve_when_missing",
     "teacher_cache_key",
     "teacher_compute",
     "teacher_key_material",
@@ -55,4 +72,5 @@ __all__ = [
     "teacher_trainer_factory",
     "train_teacher",
     "weights_digest",
+    "when_missing_of",
 ]

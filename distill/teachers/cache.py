@@ -101,6 +101,15 @@ class TeacherCache:
     def entry_dir(self, key: str) -> Path:
         return self.directory / key
 
+    def weights_path(self, key: str) -> Path:
+        """Where the weights of the entry `key` are (or will be) stored."""
+        return self.entry_dir(key) / "teacher.pt"
+
+    def has(self, key: str) -> bool:
+        """Whether the cache holds trained weights for `key` (without waiting on its lock: the
+        weights appear only by atomic rename, so a file that exists is whole)."""
+        return self.weights_path(key).is_file()
+
     def get_or_train(
         self,
         model: nn.Module,
@@ -113,7 +122,7 @@ class TeacherCache:
         """
         key = cache_key(material)
         entry = self.entry_dir(key)
-        weights, meta_path = entry / "teacher.pt", entry / "meta.json"
+        weights, meta_path = self.weights_path(key), entry / "meta.json"
         try:
             entry.mkdir(parents=True, exist_ok=True)
         except OSError as error:

@@ -19,10 +19,11 @@ from distill.checks import check_fits_data
 from distill.data import ClassificationDataModule
 from distill.summary import artifact
 from distill.teachers.base import Teacher
-from distill.teachers.cache import TeacherCache, teacher_key_material
+from distill.teachers.cache import TeacherCache, cache_key, teacher_key_material
 from distill.teachers.checkpoint import load_weights
 from distill.teachers.ensemble import TeacherEnsemble
 from distill.teachers.frozen import SINGLE, FrozenTeacher
+from distill.teachers.missing import MissingTeacherError
 from distill.teachers.spec import DEFAULT_RULE, TeacherSpec
 from distill.teachers.training import TrainerFactory, train_teacher
 
@@ -59,9 +60,15 @@ def provide_teachers(
     trainer_factory: TrainerFactory,
     datamodule: ClassificationDataModule,
     run_dir: Path,
+    when_missing: str = "train",
 ) -> dict[str, dict[str, Any]]:
     """Give every member of `teacher` trained weights: member name -> facts for summary.json
-    (`teacher.describe` puts them in place)."""
+    (`teacher.describe` puts them in place). With `when_missing="fail"` nothing is trained:
+    every member that must train is looked up first, and the first missing one raises
+    MissingTeacherError before any other is loaded."""
+    if when_missing == "fail":
+        for name in teacher.member_models():
+            require_cached(specs[name], data_fingerprint, seed, compute)
     return {
         name: provide_teacher(
             specs[name],
@@ -75,6 +82,22 @@ def provide_teachers(
         )
         for name, model in teacher.member_models().items()
     }
+
+
+def require_cached(
+    spec: TeacherSpec,
+    data_fingerprint: Mapping[str, Any],
+    seed: int,
+    compute: Mapping[str, Any],
+) -> None:
+    """Raise MissingTeacherError unless `spec` loads a checkpoint or its cache holds it."""
+    if spec.checkpoint is not None:
+        return
+    assert spec.cache_dir is not None  # a spec that must train has one
+    cache = TeacherCache(spec.cache_dir, field=spec.cache_dir_field)
+    key = cache_key(teacher_key_material(spec, data_fingerprint, seed, compute))
+    if not cache.has(key):
+        raise MissingTeacherError(spec.field, key, cache.weights_path(key))
 
 
 def provide_teacher(

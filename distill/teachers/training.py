@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
+from pytorch_lightning.plugins.environments import LightningEnvironment, SLURMEnvironment
 from torch import nn
 
 from distill.config import build
@@ -30,9 +31,17 @@ def teacher_trainer_factory(trainer: DictConfig) -> TrainerFactory:
     One device because under DDP the other ranks start only when the student's fit launches
     them, and they then find this teacher in the cache. A DDP teacher fit here would wait for
     ranks that are themselves waiting for the cache lock.
+
+    Inside a SLURM job the teacher's trainer is told it runs alone (LightningEnvironment), so
+    it installs no requeue handler: Lightning's SLURMEnvironment would, on SIGUSR1, save an
+    hpc checkpoint of the teacher mid-training, and after the requeue the teacher's own `test`
+    (ckpt_path=None under SLURM means "the newest hpc checkpoint") would load those weights
+    over the trained ones before they are cached. A teacher is trained before a sweep instead
+    (`distill-teacher`), or again from scratch by the job that is started next.
     """
 
     def make(*, max_epochs: int, default_root_dir: Path) -> pl.Trainer:
+        alone = {"plugins": [LightningEnvironment()]} if SLURMEnvironment.detect() else {}
         built: pl.Trainer = build(
             trainer,
             "trainer",
@@ -44,6 +53,7 @@ def teacher_trainer_factory(trainer: DictConfig) -> TrainerFactory:
             devices=1,
             strategy="auto",
             sync_batchnorm=False,
+            **alone,
         )
         return built
 
