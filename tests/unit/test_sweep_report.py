@@ -284,7 +284,7 @@ def test_a_crash_leaves_its_traceback_in_the_job_log(
 
     monkeypatch.setattr(distill.pipeline, "train", crash)
     with pytest.raises(RuntimeError):
-        _train.__wrapped__(OmegaConf.create({}))  # type: ignore[attr-defined]
+        _train.__wrapped__(OmegaConf.create({"teacher": {}}))  # type: ignore[attr-defined]
     logged = "\n".join(caplog.text.splitlines()[-3:])
     assert "Run failed" in caplog.text and "Traceback (most recent call last):" in caplog.text
     assert logged.endswith("RuntimeError: mat1 and mat2 shapes cannot be multiplied")
