@@ -41,9 +41,11 @@ def distill(command: str, *overrides: str) -> float:
 
 def sweep(root: Path) -> None:
     base = ["recipe=default", "export=false", *QUIET, f"paths.log_dir={root / 'logs'}"]
-    sweep_overrides = ["-m", f"pruning.schedule.final_sparsity={SPARSITIES}"]
+    # Hydra takes -m before the overrides.
+    sweep_overrides = [f"pruning.schedule.final_sparsity={SPARSITIES}"]
     per_job = distill(
         "train",
+        "-m",
         *base,
         *sweep_overrides,
         # One teacher cache per job: each of the 4 jobs trains the teacher.
@@ -51,7 +53,7 @@ def sweep(root: Path) -> None:
     )
     shared = root / "shared"
     teacher = distill("teacher", *base, f"paths.cache_dir={shared}")
-    jobs = distill("train", *base, *sweep_overrides, f"paths.cache_dir={shared}")
+    jobs = distill("train", "-m", *base, *sweep_overrides, f"paths.cache_dir={shared}")
     print_table(
         "4-point sparsity sweep of the default recipe (export off), wall time",
         ["variant", "seconds", "ratio"],
