@@ -26,6 +26,8 @@ REPRODUCE_MD = "reproduce.md"
 
 # Numbers every exported artifact's entry holds (deploy/artifacts.py: onnx_entry, measure).
 MEASURED = ("bytes", "test_acc", "agreement", "latency_ms_bs1", "latency_ms_bs64")
+# The artifacts the deployment export writes (not those a run without export has).
+EXPORTED = ("compressed", "onnx_fp32", "onnx_int8", "onnx_int8_dynamic", "onnx_int8_ptq_static")
 
 
 def summary_metric_keys(run: AssembledRun) -> set[str]:
@@ -51,7 +53,7 @@ def summary_metric_keys(run: AssembledRun) -> set[str]:
         slim = ("bytes", "params", "macs", "params_dense", "macs_dense", "max_abs_diff")
         keys |= {f"artifacts.slim.{name}" for name in slim}
     if run.exports:
-        exported = ["compressed", "onnx_fp32", "onnx_int8", "onnx_int8_dynamic"]
+        exported = [name for name in EXPORTED if name != "onnx_int8_ptq_static"]
         if quantization is not None and quantization.activations:
             exported.append("onnx_int8_ptq_static")  # the post-training baseline of QAT
         keys |= {f"artifacts.{name}.{number}" for name in exported for number in MEASURED}
