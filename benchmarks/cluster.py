@@ -75,6 +75,8 @@ def ddp(root: Path, rounds: int = 2) -> None:
         "trainer.max_epochs=10",
         *QUIET,
         f"paths.cache_dir={root / 'cache'}",
+        # distill-teacher's own run directory, which would otherwise land in ./outputs.
+        f"paths.log_dir={root / 'logs'}",
     ]
     distill("teacher", *base)  # the teacher is not part of what is measured
     variants = {
