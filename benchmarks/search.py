@@ -78,7 +78,8 @@ def report(result: dict, hours: float, search_dir: Path) -> None:
                 summary["artifacts"]["slim"]["params"],
             ]
         )
-    rows.append(["ratio (pick / default)", *(b / a for a, b in zip(rows[0][1:], rows[1][1:]))])
+    ratios = [pick / default for default, pick in zip(rows[0][1:], rows[1][1:], strict=True)]
+    rows.append(["ratio (pick / default)", *ratios])
     budget = result["budget"]
     print_table(
         f"the pick against the default recipe (budget: {budget['metric']} <= {budget['max']})",

@@ -54,6 +54,11 @@ def print_summary(summary: Mapping[str, Any], console: Console | None = None) ->
 
     same = "same outputs" if slim else ""
     row("test accuracy", pct(teacher.get("test_acc")), pct(student["test_acc"]), same)
+    baseline = summary.get("baseline")
+    if baseline:  # baseline=true: does distillation pay on this data set at all?
+        gain = 100 * baseline["kd_gain"]["student.test_acc"]
+        labels_only = baseline["test_acc"]["student.test_acc"]
+        row("labels only (no KD)", "", f"{pct(labels_only)} (KD {gain:+.2f} pts)")
     row(
         "parameters (nonzero)",
         f"{teacher.get('params_total', 0):,}",

@@ -33,11 +33,14 @@ def render_markdown(
         "as its run measured them; choose another with `--artifact`).",
         "",
     ]
+    # Runs trained with baseline=true also show the labels-only student and the KD gain.
+    gains = any(row["labels_only_acc"] is not None for row in rows)
     header = (
         "run",
         "status",
         "teacher acc %",
         "student acc %",
+        *(("labels only %", "KD gain pts") if gains else ()),
         "sparsity %",
         f"{name} KiB",
         f"{name} acc %",
@@ -46,13 +49,14 @@ def render_markdown(
         "dir",
     )
     lines.append("| " + " | ".join(header) + " |")
-    lines.append("|:--|:--|--:|--:|--:|--:|--:|--:|:--|:--|")
+    lines.append("|:--|:--|" + "--:|" * (len(header) - 4) + ":--|:--|")
     for row in rows:
         cells = (
             _cell(row["label"]),
             row["status"],
             _pct(row["teacher_acc"]),
             _pct(row["student_acc"]),
+            *((_pct(row["labels_only_acc"]), _points(row["kd_gain"])) if gains else ()),
             _pct(row["sparsity"], 1),
             _kib(row["artifact_bytes"]),
             _pct(row["artifact_acc"]),
@@ -106,6 +110,10 @@ def _block(text: str | None) -> list[str]:
 
 def _pct(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{100 * value:.{digits}f}"
+
+
+def _points(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:+.2f}"
 
 
 def _kib(value: float | None) -> str:

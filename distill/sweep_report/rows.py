@@ -23,6 +23,9 @@ COLUMNS = (
     "status",
     "teacher_acc",
     "student_acc",
+    # With baseline=true: the labels-only student's accuracy and the student's gain over it.
+    "labels_only_acc",
+    "kd_gain",
     "sparsity",
     "artifact",
     "artifact_bytes",
@@ -70,6 +73,8 @@ def build_rows(runs: Sequence[Run], artifact: str | None) -> list[dict[str, Any]
                 "status": run.status,
                 "teacher_acc": _number(summary, "teacher", "test_acc"),
                 "student_acc": _number(summary, "student", "test_acc"),
+                "labels_only_acc": _baseline(summary, "test_acc"),
+                "kd_gain": _baseline(summary, "kd_gain"),
                 "sparsity": _number(summary, "sparsity", "global"),
                 "artifact": artifact if run.status == FINISHED else None,
                 "artifact_bytes": _real(measured.get("bytes")),
@@ -125,6 +130,13 @@ def _artifact(summary: dict[str, Any], name: str) -> dict[str, Any]:
 def _number(summary: dict[str, Any], section: str, key: str) -> float | None:
     part = summary.get(section)
     return _real(part.get(key)) if isinstance(part, dict) else None
+
+
+def _baseline(summary: dict[str, Any], part: str) -> float | None:
+    """The `baseline` section's number for the student (distill/baseline.py)."""
+    section = summary.get("baseline")
+    numbers = section.get(part) if isinstance(section, dict) else None
+    return _real(numbers.get("student.test_acc")) if isinstance(numbers, dict) else None
 
 
 def _real(value: Any) -> Any:

@@ -6,9 +6,11 @@ import json
 
 import pytest
 import torch
+from rich.console import Console
 
 from distill.errors import ConfigError
 from distill.pipeline import train
+from distill.summary import print_summary
 from tests.conftest import compose_train
 
 from .test_fast_dev_run import QUIET
@@ -48,6 +50,13 @@ def test_baseline_trains_the_labels_only_student_and_reports_the_gain(tmp_path):
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert on_disk["baseline"] == section
+    # The table distill-train prints ends the run with the answer: did distillation pay?
+    console = Console(record=True, width=200)
+    print_summary(on_disk, console)
+    labels_only = 100 * section["test_acc"]["student.test_acc"]
+    gain = 100 * section["kd_gain"]["student.test_acc"]
+    (line,) = [row for row in console.export_text().splitlines() if "labels only (no KD)" in row]
+    assert f"{labels_only:.2f}% (KD {gain:+.2f} pts)" in line
 
 
 def test_a_labels_only_run_asked_for_a_baseline_is_refused_before_training(tmp_path):

@@ -19,7 +19,8 @@ from distill.sweep_report.runs import log_error, stderr_error
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COMMON = ["data=digits", "student=mlp"]
 HEADER = (
-    "label,status,teacher_acc,student_acc,sparsity,artifact,artifact_bytes,artifact_acc,"
+    "label,status,teacher_acc,student_acc,labels_only_acc,kd_gain,sparsity,artifact,"
+    "artifact_bytes,artifact_acc,"
     "artifact_latency_ms_bs64,pareto_bytes,pareto_latency,run_dir,error"
 )
 FAILED_LOG = """\
@@ -128,11 +129,11 @@ def test_csv_has_one_exact_row_per_run_with_pareto_flags(sweep: Path) -> None:
     assert (sweep / "report.csv").read_text() == "\n".join(
         [
             HEADER,
-            f"{label(0.5, 2)},ok,0.95,0.9,0.5,onnx_int8,30000,0.9,0.02,true,true,0,",
-            f"{label(0.8, 2)},ok,0.95,0.88,0.8,onnx_int8,20000,0.88,0.03,true,false,1,",
-            f"{label(0.5, 4)},ok,0.95,0.85,0.5,onnx_int8,40000,0.85,0.04,false,false,2,",
-            f"{label(0.8, 4)},failed,,,,,,,,false,false,3,{failed_error}",
-            f"{label(0.9, 4)},{NO_SUMMARY},,,,,,,,false,false,10,",
+            f"{label(0.5, 2)},ok,0.95,0.9,,,0.5,onnx_int8,30000,0.9,0.02,true,true,0,",
+            f"{label(0.8, 2)},ok,0.95,0.88,,,0.8,onnx_int8,20000,0.88,0.03,true,false,1,",
+            f"{label(0.5, 4)},ok,0.95,0.85,,,0.5,onnx_int8,40000,0.85,0.04,false,false,2,",
+            f"{label(0.8, 4)},failed,,,,,,,,,,false,false,3,{failed_error}",
+            f"{label(0.9, 4)},{NO_SUMMARY},,,,,,,,,,false,false,10,",
             "",
         ]
     )
@@ -201,14 +202,34 @@ def test_labels_keep_the_overrides_that_differ() -> None:
     }
 
 
+def test_runs_with_a_baseline_show_the_labels_only_student_and_the_kd_gain(
+    tmp_path: Path,
+) -> None:
+    with_baseline = summary(0.9, 0.5, None)
+    with_baseline["baseline"] = {
+        "output_dir": "baseline",
+        "test_acc": {"student.test_acc": 0.875},
+        "kd_gain": {"student.test_acc": 0.025},
+    }
+    write_run(tmp_path / "0", [*COMMON, "loss.kd.temperature=2"], with_baseline)
+    write_run(tmp_path / "1", [*COMMON, "loss.kd.temperature=4"], summary(0.8, 0.5, None))
+    assert main([str(tmp_path)]) == 0
+    rows = (tmp_path / "report.csv").read_text().splitlines()
+    assert rows[1].split(",")[2:6] == ["0.95", "0.9", "0.875", "0.025"]
+    assert rows[2].split(",")[2:6] == ["0.95", "0.8", "", ""]
+    table = (tmp_path / "report.md").read_text()
+    assert "| labels only % | KD gain pts |" in table
+    assert "| 90.00 | 87.50 | +2.50 |" in table and "| 80.00 | - | - |" in table
+
+
 def test_a_run_without_the_artifact_has_blanks(tmp_path: Path) -> None:
     write_run(tmp_path / "a", ["export=true"], summary(0.9, 0.5, (30000, 0.9, 0.02)))
     write_run(tmp_path / "b", ["export=false"], summary(0.95, 0.5, None))
     assert main([str(tmp_path)]) == 0
     rows = (tmp_path / "report.csv").read_text().splitlines()
     assert rows[1:] == [
-        "export=true,ok,0.95,0.9,0.5,onnx_int8,30000,0.9,0.02,true,true,a,",
-        "export=false,ok,0.95,0.95,0.5,onnx_int8,,,,false,false,b,",
+        "export=true,ok,0.95,0.9,,,0.5,onnx_int8,30000,0.9,0.02,true,true,a,",
+        "export=false,ok,0.95,0.95,,,0.5,onnx_int8,,,,false,false,b,",
     ]
 
 
@@ -216,11 +237,11 @@ def test_the_student_artifact_is_measured_by_its_deployment_row(tmp_path: Path) 
     write_run(tmp_path / "a", [], summary(0.9, 0.5, None))
     assert main([str(tmp_path), "--artifact", "student"]) == 0
     rows = (tmp_path / "report.csv").read_text().splitlines()
-    assert rows[1] == "a,ok,0.95,0.9,0.5,student,107285,0.7,0.06,true,true,a,"
+    assert rows[1] == "a,ok,0.95,0.9,,,0.5,student,107285,0.7,0.06,true,true,a,"
     # Without --artifact and without int8, the fp32 ONNX file is shown.
     assert main([str(tmp_path)]) == 0
     rows = (tmp_path / "report.csv").read_text().splitlines()
-    assert rows[1] == "a,ok,0.95,0.9,0.5,onnx_fp32,107658,0.9,0.05,true,true,a,"
+    assert rows[1] == "a,ok,0.95,0.9,,,0.5,onnx_fp32,107658,0.9,0.05,true,true,a,"
 
 
 def test_bad_inputs_exit_2_and_write_nothing(
