@@ -15,11 +15,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from distill.files import atomic_write, atomic_write_json
+from distill.search.chart import render_search_chart
 from distill.search.prepare import SearchPlan
 from distill.search.study import INTERRUPTED, RETRY_OF
 
 SEARCH_JSON = "search.json"
 SEARCH_MD = "search.md"
+SEARCH_PNG = "search.png"
 
 WITHIN = "within budget"
 OVER = "over budget"
@@ -62,6 +64,9 @@ def write_search_report(study: optuna.Study, plan: SearchPlan) -> dict[str, Any]
     result = search_result(study, plan)
     folder = Path(plan.settings.dir)
     atomic_write_json(folder / SEARCH_JSON, result)
+    chart = render_search_chart(result)
+    if chart is not None:
+        atomic_write(folder / SEARCH_PNG, lambda handle: handle.write(chart))
     text = render_markdown(result)
     atomic_write(folder / SEARCH_MD, lambda handle: handle.write(text.encode()))
     return result
@@ -111,6 +116,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         title += f" with `{budget['metric']}` <= {_number(budget['max'])}"
     lines = [title, "", f"Search directory: `{result['search_dir']}`", ""]
     lines += _headline(result)
+    if budget is not None:
+        lines += ["", f"![objective against budget]({SEARCH_PNG})"]
     lines += ["", "## Trials", ""]
     lines += _trials_table(result)
     failed = [row for row in result["trials"] if row["error"]]

@@ -13,6 +13,9 @@ FIGSIZE = (8.0, 5.5)
 DPI = 100
 # A cost axis spanning more than this ratio is drawn on a log scale.
 LOG_RATIO = 20.0
+# A point whose label (its differing overrides) is longer is labeled by its run directory
+# instead: report.md pairs the two. Longer labels run off the chart and over each other.
+MAX_LABEL = 40
 # (row cost key, Pareto flag, axis title, scale to display units)
 CHARTS = {
     "accuracy_vs_bytes.png": ("artifact_bytes", "pareto_bytes", "size (KiB)", 1 / 1024),
@@ -75,8 +78,9 @@ def _render(
         costs, accuracies = front_steps(points, flags)
         ax.step(costs, accuracies, where="post", color="tab:red", alpha=0.6, zorder=2)
         for (accuracy, x), row in zip(points, shown, strict=True):
+            label = row["short_label"]
             ax.annotate(
-                row["short_label"],
+                label if len(label) <= MAX_LABEL else row["run_dir"],
                 (x, accuracy),
                 textcoords="offset points",
                 xytext=(4, 4),

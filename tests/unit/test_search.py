@@ -3,6 +3,7 @@ bookkeeping (resume, interrupted trials, seeds) and the report, on hand-made Opt
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import optuna
@@ -20,6 +21,7 @@ from distill.search.report import (
     WITHIN,
     render_markdown,
     search_result,
+    write_search_report,
 )
 from distill.search.settings import Budget, SearchSettings
 from distill.search.space import Dimension, parse_space
@@ -338,3 +340,19 @@ def test_every_trial_failed(tmp_path):
     assert result["best"] is None and result["closest"] is None
     assert result["verdict"] == "no trial finished"
     assert "every trial failed" in render_markdown(result)
+
+
+def test_the_report_files_and_the_chart_of_objective_against_budget(tmp_path):
+    study = optuna.create_study(direction="maximize")
+    for trial in (finished_trial(0.90, 95.0), finished_trial(0.97, 130.0), failed_trial("x")):
+        study.add_trial(trial)
+    result = write_search_report(study, make_plan(tmp_path))
+    assert json.loads((tmp_path / "search.json").read_text()) == json.loads(json.dumps(result))
+    assert (tmp_path / "search.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert "![objective against budget](search.png)" in (tmp_path / "search.md").read_text()
+    # Without a budget there is no second axis: no chart, and search.md does not show one.
+    unbounded = tmp_path / "unbounded"
+    unbounded.mkdir()
+    write_search_report(study, make_plan(unbounded, budget=None))
+    assert not (unbounded / "search.png").exists()
+    assert "search.png" not in (unbounded / "search.md").read_text()
