@@ -21,6 +21,15 @@ output).
 
     python benchmarks/gpu_check.py --out /tmp/gpu_check              # on the GPU machine
     python benchmarks/gpu_check.py --cpu-smoke --out /tmp/smoke      # tiny, 1 thread, no GPU
+    python benchmarks/gpu_check.py --extra quantization=qat_int7 --loader-check --skip cpu
+
+`--extra` adds an override to every run; `--loader-check` adds a `gpu_w8` run (8 loader
+workers, no export) to see whether the fit is bound by the data loader.
+
+On the device machine (no hydra-core, omegaconf, antlr4 or torch-pruning there) carry their
+wheels in `.whl/` (antlr4-python3-runtime 4.9.3 is an sdist on PyPI: `pip wheel` it here) and
+run `pip install --no-index --no-deps --target /tmp/site .whl/*.whl` first, then this script
+with PYTHONPATH=/tmp/site:$PWD. wandb is not needed: the runs use logger=csv.
 
 Not a test: a measurement script, run by hand on a machine with a GPU.
 """
