@@ -175,7 +175,8 @@ class DistillationModule(pl.LightningModule):
         logits = self.student(inputs)
         self.val_acc(logits, targets)
         loss = nn.functional.cross_entropy(logits, targets)
-        self.log("val/loss", loss, batch_size=targets.shape[0])
+        # Under DDP each rank sees a shard of the validation set: average the ranks' losses.
+        self.log("val/loss", loss, batch_size=targets.shape[0], sync_dist=True)
         self.log("val/acc", self.val_acc, prog_bar=True)
 
     def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
@@ -205,7 +206,8 @@ class DistillationModule(pl.LightningModule):
         }
 
     def on_train_epoch_start(self) -> None:
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        # The same on every rank; synced so that DDP logs it like every other epoch metric.
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], sync_dist=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]
