@@ -60,6 +60,12 @@ def plan_search(overrides: Sequence[str]) -> SearchPlan:
         dimensions[dimension.key] = dimension
     if not dimensions:
         raise ConfigError("search.space", {}, "at least one dimension to search")
+    if settings.seeds and ("seed" in fixed_keys or "seed" in dimensions):
+        raise ConfigError(
+            "seed",
+            [t for t in [*fixed, *sweeps] if _key(t) == "seed"],
+            "no seed override when search.seeds is set (each trial runs every seed of it)",
+        )
     plan = SearchPlan(
         settings=settings,
         dimensions=list(dimensions.values()),

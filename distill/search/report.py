@@ -93,6 +93,7 @@ def _trial_row(trial: FrozenTrial, plan: SearchPlan) -> dict[str, Any]:
         "objective": trial.value if trial.state == TrialState.COMPLETE else None,
         "budget_value": budget_value,
         "seconds": attrs.get("seconds"),
+        "per_seed": attrs.get("per_seed"),
         "command": attrs.get("command"),
         "run_dir": attrs.get("run_dir"),
         "error": attrs.get("error"),
@@ -195,7 +196,10 @@ def _budget_change(base: dict, best: dict, budget: dict | None) -> str:
 def _trials_table(result: dict[str, Any]) -> list[str]:
     keys = list(result["space"])
     budget = result["budget"]
-    header = ["trial", "status", *keys, result["objective"]]
+    seeded = any(row["per_seed"] for row in result["trials"])
+    header = ["trial", "status", *keys, result["objective"] + (" (mean)" if seeded else "")]
+    if seeded:
+        header.append("per seed")
     if budget is not None:
         header.append(budget["metric"])
     header.append("s")
@@ -206,6 +210,12 @@ def _trials_table(result: dict[str, Any]) -> list[str]:
             label += f" (retry of {row['retry_of']})"
         cells = [label, row["status"], *(_value(row["params"].get(key)) for key in keys)]
         cells.append(_number(row["objective"]))
+        if seeded:
+            per_seed = row["per_seed"] or {}
+            cells.append(
+                ", ".join(f"{seed}: {_number(n['objective'])}" for seed, n in per_seed.items())
+                or "-"
+            )
         if budget is not None:
             cells.append(_number(row["budget_value"]))
         cells.append(_number(row["seconds"]))

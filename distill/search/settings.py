@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from distill.errors import ConfigError
-from distill.validate import require_bool, require_choice, require_int, require_real
+from distill.validate import is_int, require_bool, require_choice, require_int, require_real
 
 DIRECTIONS = ("maximize", "minimize")
 _KEYS = (
@@ -23,6 +23,7 @@ _KEYS = (
     "sampler",
     "dir",
     "start_from_base",
+    "seeds",
 )
 
 
@@ -48,6 +49,9 @@ class SearchSettings:
     sampler: DictConfig
     dir: Path
     start_from_base: bool
+    # Each trial runs once per seed and is scored by the mean: on small, noisy data one seed's
+    # luck would otherwise pick the winner. None: one run, with the config's `seed`.
+    seeds: tuple[int, ...] | None = None
 
     @classmethod
     def from_config(cls, node: Any) -> SearchSettings:
@@ -74,6 +78,7 @@ class SearchSettings:
             sampler=sampler,
             dir=Path(str(node.get("dir"))),
             start_from_base=require_bool("search.start_from_base", node.get("start_from_base")),
+            seeds=_seeds(node.get("seeds")),
         )
 
     def definition(self) -> dict[str, Any]:
@@ -83,6 +88,7 @@ class SearchSettings:
             "direction": self.direction,
             "budget": None if self.budget is None else vars(self.budget),
             "sampler": OmegaConf.to_container(self.sampler),
+            "seeds": None if self.seeds is None else list(self.seeds),
         }
 
 
@@ -92,6 +98,15 @@ def _metric_key(field: str, value: Any) -> str:
             field, value, "a dotted key of summary.json, e.g. artifacts.onnx_int8.test_acc"
         )
     return value
+
+
+def _seeds(node: Any) -> tuple[int, ...] | None:
+    if node is None:
+        return None
+    seeds = list(node) if isinstance(node, ListConfig | list | tuple) else None
+    if not seeds or not all(is_int(seed) for seed in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError("search.seeds", node, "null, or a list of distinct integer seeds")
+    return tuple(int(seed) for seed in seeds)
 
 
 def _budget(node: Any) -> Budget | None:

@@ -143,10 +143,12 @@ def optimize(
         overrides = [*plan.fixed, *searched]
         run_dir = trial_dir(plan.settings.dir, trial.number)
         trial.set_user_attr("overrides", searched)
-        trial.set_user_attr("command", trial_command(overrides))
+        trial.set_user_attr("command", trial_command(overrides, plan.settings.seeds))
         trial.set_user_attr("run_dir", run_dir.name)
         outcome = run_trial(overrides, run_dir, plan.settings)
         trial.set_user_attr("seconds", round(outcome.seconds, 2))
+        if outcome.per_seed is not None:
+            trial.set_user_attr("per_seed", {str(seed): n for seed, n in outcome.per_seed.items()})
         if outcome.error is not None:
             trial.set_user_attr("error", outcome.error)
             raise TrialFailed(outcome.error)

@@ -150,3 +150,9 @@ def test_bad_input_is_refused_before_the_search_directory_exists(
     message = caplog.text
     assert f"{field}=" in message and says in message and "Traceback" not in message
     assert not (tmp_path / "search").exists()
+
+
+def test_a_seed_override_with_search_seeds_is_refused(tmp_path, caplog):
+    assert main([*search_args(tmp_path), "search.seeds=[0,1]", "seed=3"]) == 2
+    assert "seed=['seed=3'] is not allowed: no seed override when search.seeds" in caplog.text
+    assert not (tmp_path / "search").exists()

@@ -13,6 +13,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from distill.errors import ConfigError
+from distill.search import trials
 from distill.search.prepare import SearchPlan, split_overrides
 from distill.search.report import (
     FAILED,
@@ -356,3 +357,44 @@ def test_the_report_files_and_the_chart_of_objective_against_budget(tmp_path):
     write_search_report(study, make_plan(unbounded, budget=None))
     assert not (unbounded / "search.png").exists()
     assert "search.png" not in (unbounded / "search.md").read_text()
+
+
+# --- seeds ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seeds", [[], [0, 0], [0, "one"], 3])
+def test_bad_seeds_are_refused(seeds):
+    with pytest.raises(ConfigError) as error:
+        SearchSettings.from_config(settings_node(seeds=seeds))
+    assert error.value.field == "search.seeds"
+
+
+def test_a_trial_over_seeds_scores_the_mean_and_budgets_the_largest(tmp_path, monkeypatch):
+    settings = SearchSettings.from_config(settings_node(seeds=[0, 1, 2]))
+    numbers = {0: (0.80, 120.0), 1: (0.86, 100.0), 2: (0.83, 110.0)}
+    runs = []
+
+    def fake_run(overrides, run_dir, settings_):
+        seed = int(overrides[-1].removeprefix("seed="))
+        runs.append((list(overrides), run_dir))
+        return (*numbers[seed], None)
+
+    monkeypatch.setattr(trials, "_run_one", fake_run)
+    outcome = trials.run_trial(["data=digits"], tmp_path / "trial_000", settings)
+    assert [run_dir.name for _, run_dir in runs] == ["seed_0", "seed_1", "seed_2"]
+    assert runs[1][0] == ["data=digits", "seed=1"]
+    assert outcome.objective == pytest.approx((0.80 + 0.86 + 0.83) / 3)
+    assert outcome.budget_value == 120.0  # the budget must hold for every seed
+    assert outcome.per_seed == {
+        s: {"objective": o, "budget_value": b} for s, (o, b) in numbers.items()
+    }
+    command = trials.trial_command(["data=digits"], settings.seeds)
+    assert command == "distill-train -m data=digits seed=0,1,2"
+
+    def failing(overrides, run_dir, settings_):
+        seed = int(overrides[-1].removeprefix("seed="))
+        return (None, None, "boom") if seed == 1 else (*numbers[seed], None)
+
+    monkeypatch.setattr(trials, "_run_one", failing)
+    outcome = trials.run_trial(["data=digits"], tmp_path / "trial_001", settings)
+    assert not outcome.finished and outcome.error == "seed 1: boom"
