@@ -41,7 +41,8 @@ def run_search(overrides: Sequence[str]) -> dict[str, Any]:
     make_sampler(plan)  # a bad sampler is refused before the directory exists
     search_dir = plan.settings.dir
     search_dir.mkdir(parents=True, exist_ok=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
+    # One line per trial is ours; Optuna would repeat a failed trial's whole error as a warning.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     with search_lock(search_dir):
         study = open_study(plan)
         reclaimed = reclaim_interrupted(study)

@@ -138,6 +138,7 @@ def optimize(
     """Run trials until `search.n_trials` of them have finished (ok, over budget or failed)."""
 
     def objective(trial: Trial) -> float:
+        ran.append(trial.number)
         values = {dimension.key: _suggest(trial, dimension) for dimension in plan.dimensions}
         searched = [dimension.override(values[dimension.key]) for dimension in plan.dimensions]
         overrides = [*plan.fixed, *searched]
@@ -159,9 +160,10 @@ def optimize(
         assert outcome.objective is not None
         return outcome.objective
 
+    ran: list[int] = []  # the number of each trial run (a queued retry may not be the last)
     while counted_trials(study) < plan.settings.n_trials:
         study.optimize(objective, n_trials=1, catch=(TrialFailed,))
-        after_trial(study.get_trials(deepcopy=False)[-1])
+        after_trial(study.get_trials(deepcopy=False)[ran[-1]])
 
 
 def _suggest(trial: Trial, dimension: Dimension) -> Any:
