@@ -14,6 +14,7 @@ from distill.data import ClassificationDataModule, write_cifar_batches
 from distill.losses import LossTerm, WeightedSum
 from distill.module import DistillationModule
 from distill.recipe import recipe_names
+from distill.search import plan_search
 
 from ..conftest import CONF_DIR, config_options
 
@@ -39,7 +40,8 @@ SETTINGS = [(group, option) for group in GROUPS for option in config_options(gro
 
 
 def test_settings_table_covers_every_config_file():
-    groups = {path.name for path in CONF_DIR.iterdir() if path.is_dir()} - {"hydra"}
+    # search/ configures distill-search, not a run: tested below.
+    groups = {path.name for path in CONF_DIR.iterdir() if path.is_dir()} - {"hydra", "search"}
     assert groups == set(GROUPS)
     assert len(SETTINGS) == sum(len(config_options(group)) for group in groups) + len(
         recipe_names()
@@ -148,3 +150,12 @@ def test_default_recipe_composes_to_mnist1d_kd():
     assert set(cfg.loss) == {"ce", "kd"}
     assert cfg.logger.wandb.mode == "auto"
     assert cfg.teacher.checkpoint is None
+
+
+@pytest.mark.parametrize("option", config_options("search"))
+def test_every_search_config_plans_on_the_default_recipe(option, tmp_path):
+    # The plan reads the settings, parses the space and assembles a run at each of its edges.
+    plan = plan_search([f"search={option}", f"paths.log_dir={tmp_path}", "logger=none"])
+    assert plan.dimensions and plan.settings.n_trials >= 1
+    assert str(plan.settings.dir).startswith(str(tmp_path / "search"))
+    assert not (tmp_path / "search").exists()  # planning writes nothing
