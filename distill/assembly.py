@@ -1,6 +1,7 @@
 """Every object of a run, built from its config and checked, before anything is trained.
 
-Order matters: data, models, loss, compression, optimizer and trainer are built first, so a bad
+Order matters: the run's own settings (`check_run_settings`: those no constructor takes) are
+checked first, then data, models, loss, compression, optimizer and trainer are built, so a bad
 setting fails in seconds, before a teacher is trained or a file is written as if the run
 succeeded. Nothing here trains or writes.
 """
@@ -23,7 +24,7 @@ from distill.errors import ConfigError
 from distill.losses import WeightedSum
 from distill.module import DistillationModule
 from distill.teachers import Teacher, TeacherSpec, build_teachers, ensemble_rule, teacher_specs
-from distill.validate import require_choice
+from distill.validate import require_choice, require_int
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,20 @@ class AssembledRun:
     @property
     def exports(self) -> bool:
         return exports(self.cfg)
+
+
+# numpy's seed range, which Lightning's seed_everything enforces.
+SEED_MAX = 2**32 - 1
+
+
+def check_run_settings(cfg: DictConfig) -> None:
+    """Refuse the run's own settings that no constructor checks, before anything is seeded,
+    built or written: each would otherwise fail after the teacher was trained, or not at all."""
+    require_int("seed", cfg.get("seed"), minimum=0, maximum=SEED_MAX)
+    # Lightning reads -1 as "no limit" and null as 1000 epochs; a distillation run is always
+    # given its length (the LR schedule and a fractional quantization.start_epoch need it).
+    require_int("trainer.max_epochs", cfg.trainer.get("max_epochs"), minimum=1)
+    require_int("export_latency_repeats", cfg.get("export_latency_repeats", 20), minimum=1)
 
 
 def exports(cfg: DictConfig) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import OmegaConf
 
-from distill.assembly import AssembledRun, assemble
+from distill.assembly import AssembledRun, assemble, check_run_settings
 from distill.baseline import baseline_facts, train_baseline, wants_baseline
 from distill.checks import ensure_fresh_run_dir, torch_threads
 from distill.cluster.requeue import retire_hpc_checkpoints
@@ -53,6 +53,7 @@ def train(cfg: Any) -> dict[str, Any]:
 def _run(cfg: Any) -> dict[str, Any]:
     timing = Stopwatch()
     run_dir = Path(cfg.paths.output_dir)
+    check_run_settings(cfg)
     ensure_fresh_run_dir(run_dir)
     pl.seed_everything(cfg.seed, workers=True)
     run = assemble(cfg)

@@ -1,0 +1,86 @@
+"""`distill-train` refuses a bad setting before any work: exit 2, one message that names the
+field, the bad value and what is allowed, no traceback, and nothing written but what Hydra
+itself writes before the task starts (`.hydra/` and the job log): no teacher trained or
+cached, no checkpoint, no student, no summary.
+
+One row per setting; each runs the real entry point (`distill.cli.train.main`) in-process on
+the tiny digits recipe, so a row that stopped being refused would train for a few seconds
+(bounded by `trainer.max_time`) and fail its asserts, not hang.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from distill.cli.train import main
+
+TINY = [
+    "data=digits",
+    "teacher=cnn2d_digits",
+    "student=mlp",
+    "teacher.train.max_epochs=1",
+    "trainer.max_epochs=1",
+    "pruning=none",
+    "quantization=none",
+    "export=false",
+    "logger=none",
+    "callbacks=none",
+    "threads=1",
+    # A refusal that regressed must not train for long (trainer.max_epochs=-1 has no end).
+    "+trainer.max_time=00:00:00:20",
+]
+
+# (overrides, what the message must start with: the field and the value as ConfigError
+# prints them).
+REFUSALS = {
+    "seed_not_a_number": (["seed=abc"], "seed='abc' is not allowed"),
+    "seed_negative": (["seed=-1"], "seed=-1 is not allowed"),
+    "max_epochs_negative": (["trainer.max_epochs=-1"], "trainer.max_epochs=-1 is not allowed"),
+    "max_epochs_zero": (["trainer.max_epochs=0"], "trainer.max_epochs=0 is not allowed"),
+    "max_epochs_not_a_number": (
+        ["trainer.max_epochs=abc"],
+        "trainer.max_epochs='abc' is not allowed",
+    ),
+    # With QAT on, the fraction start_epoch used to take the blame.
+    "max_epochs_negative_with_qat": (
+        ["trainer.max_epochs=-1", "quantization=qat_int8"],
+        "trainer.max_epochs=-1 is not allowed",
+    ),
+    "latency_repeats_zero": (
+        ["export=true", "export_latency_repeats=0"],
+        "export_latency_repeats=0 is not allowed",
+    ),
+    "teacher_epochs_zero": (
+        ["teacher.train.max_epochs=0"],
+        "teacher.train.max_epochs=0 is not allowed",
+    ),
+}
+
+HYDRA_OWN = {".hydra", "train.log"}
+
+
+@pytest.mark.parametrize(("overrides", "message"), REFUSALS.values(), ids=REFUSALS.keys())
+def test_refused_before_any_work(overrides, message, tmp_path, monkeypatch, capsys):
+    run_dir, cache_dir = tmp_path / "run", tmp_path / "cache"
+    argv = [
+        *TINY,
+        f"hydra.run.dir={run_dir}",
+        f"paths.cache_dir={cache_dir}",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        *overrides,
+    ]
+    monkeypatch.setattr(sys, "argv", ["distill-train", *argv])
+
+    with pytest.raises(SystemExit) as exited:
+        main()
+
+    captured = capsys.readouterr()
+    output = captured.out + captured.err
+    assert exited.value.code == 2, output[-3000:]
+    assert f"Configuration error: {message}: " in output, output[-3000:]
+    assert "Traceback" not in output
+    assert output.count("Configuration error") == 1
+    assert {path.name for path in run_dir.iterdir()} <= HYDRA_OWN
+    assert not cache_dir.exists() or not any(cache_dir.iterdir())
