@@ -108,10 +108,10 @@ def exports(cfg: DictConfig) -> bool:
 
 def assemble(cfg: DictConfig) -> AssembledRun:
     """Build every object of the run in `cfg` and check it against the data."""
-    datamodule: ClassificationDataModule = build(cfg.data, "data")
+    datamodule: ClassificationDataModule = build(cfg.data, "data", ClassificationDataModule)
     datamodule.setup("fit")
     loss = WeightedSum(build_named(cfg.loss, "loss"))
-    student: nn.Module = build(cfg.student, "student")
+    student: nn.Module = build(cfg.student, "student", nn.Module)
     check_fits_data(student, datamodule, "student")
     specs = teacher_specs(cfg) if loss.requires_teacher else {}
     teacher = build_teachers(specs, datamodule, ensemble_rule(cfg)) if specs else None

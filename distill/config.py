@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +16,18 @@ from distill.errors import ConfigError
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-def build(node: Any, field: str, **kwargs: Any) -> Any:
+def build(node: Any, field: str, expected: type | None = None, **kwargs: Any) -> Any:
     """`hydra.utils.instantiate(node)`, with a failure reported against `field`.
 
     A ConfigError raised by a constructor names its argument only (`temperature`); here it is
     re-raised with the full config path (`loss.kd.temperature`) so the user knows what to fix.
+    With `expected`, a target that builds anything else (`student._target_=collections.
+    OrderedDict` builds happily) is refused here, not by the first attribute the run reads.
     """
     if not isinstance(node, DictConfig) or "_target_" not in node:
         raise ConfigError(field, node, "a config node with a _target_ naming a class or function")
     try:
-        return hydra.utils.instantiate(node, **kwargs)
+        built = hydra.utils.instantiate(node, **kwargs)
     except InstantiationException as error:
         cause = error.__cause__
         if isinstance(cause, ConfigError):
@@ -37,6 +40,25 @@ def build(node: Any, field: str, **kwargs: Any) -> Any:
         raise ConfigError(
             f"{field}._target_", node.get("_target_"), f"a target that can be built ({error})"
         ) from error
+    if expected is not None and not isinstance(built, expected):
+        raise ConfigError(
+            f"{field}._target_",
+            node.get("_target_"),
+            f"a target that builds a {public_name(expected)} "
+            f"(this one builds a {public_name(type(built))})",
+        )
+    return built
+
+
+def public_name(cls: type) -> str:
+    """`cls`'s dotted name from the shortest package that exports it (`torch.nn.Module`, not
+    `torch.nn.modules.module.Module`)."""
+    parts = cls.__module__.split(".")
+    for end in range(1, len(parts) + 1):
+        package = sys.modules.get(".".join(parts[:end]))
+        if getattr(package, cls.__qualname__, None) is cls:
+            return f"{'.'.join(parts[:end])}.{cls.__qualname__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def build_named(node: DictConfig | None, field: str) -> dict[str, Any]:

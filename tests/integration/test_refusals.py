@@ -56,6 +56,19 @@ REFUSALS = {
         ["teacher.train.max_epochs=0"],
         "teacher.train.max_epochs=0 is not allowed",
     ),
+    # Builds happily (an OrderedDict of the model's arguments), then failed on `.training`.
+    "student_not_a_module": (
+        ["student._target_=collections.OrderedDict"],
+        "student._target_='collections.OrderedDict' is not allowed",
+    ),
+    "data_not_a_datamodule": (
+        ["data._target_=collections.OrderedDict"],
+        "data._target_='collections.OrderedDict' is not allowed",
+    ),
+    "teacher_not_a_module": (
+        ["teacher.model._target_=collections.OrderedDict"],
+        "teacher.model._target_='collections.OrderedDict' is not allowed",
+    ),
 }
 
 HYDRA_OWN = {".hydra", "train.log"}
