@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from distill.checks import check_fits_data
+from distill.checks import check_fits_data, check_optimizer
 from distill.compression import PruningCallback, QuantizationCallback, SparsityLogger
 from distill.config import build, build_named
 from distill.data import ClassificationDataModule
@@ -113,7 +113,18 @@ def assemble(cfg: DictConfig) -> AssembledRun:
     loss = WeightedSum(build_named(cfg.loss, "loss"))
     student: nn.Module = build(cfg.student, "student", nn.Module)
     check_fits_data(student, datamodule, "student")
+    optimizer = build(cfg.optimizer, "optimizer")
+    lr_scheduler = build(cfg.lr_scheduler, "lr_scheduler") if cfg.lr_scheduler else None
+    check_optimizer(optimizer, "optimizer", lr_scheduler, "lr_scheduler")
     specs = teacher_specs(cfg) if loss.requires_teacher else {}
+    for spec in specs.values():
+        if spec.must_train:
+            check_optimizer(
+                spec.build_optimizer(),
+                f"{spec.field}.train.optimizer",
+                spec.build_lr_scheduler(),
+                f"{spec.field}.train.lr_scheduler",
+            )
     teacher = build_teachers(specs, datamodule, ensemble_rule(cfg)) if specs else None
     use_output_cache, output_cache_reason = plan_teacher_output_cache(cfg, teacher, datamodule)
     max_epochs = cfg.trainer.get("max_epochs")
@@ -124,8 +135,8 @@ def assemble(cfg: DictConfig) -> AssembledRun:
     module = DistillationModule(
         student,
         loss,
-        optimizer=build(cfg.optimizer, "optimizer"),
-        lr_scheduler=build(cfg.lr_scheduler, "lr_scheduler") if cfg.lr_scheduler else None,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
         num_classes=datamodule.num_classes,
         teacher=teacher,
         example_inputs=example,

@@ -1,11 +1,14 @@
-"""Checks that run before any work: a fresh run directory, models that fit the data."""
+"""Checks that run before any work: a fresh run directory, models that fit the data, an
+optimizer torch accepts."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
-from collections.abc import Iterator, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +16,10 @@ import torch
 from torch import nn
 
 from distill.cluster.requeue import hpc_checkpoints, requeued_checkpoint
+from distill.config import public_name
 from distill.data import ClassificationDataModule
 from distill.errors import ConfigError
-from distill.validate import require_int
+from distill.validate import require_int, require_positive
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,51 @@ def check_fits_data(model: nn.Module, datamodule: ClassificationDataModule, fiel
             f"a model whose output is (batch, {datamodule.num_classes}) logits for the "
             f"{datamodule.num_classes} classes of the data; it gives {shape}",
         )
+
+
+def check_optimizer(
+    optimizer: Callable[..., Any],
+    field: str,
+    lr_scheduler: Callable[..., Any] | None = None,
+    scheduler_field: str = "lr_scheduler",
+) -> None:
+    """Make the optimizer (a partial taking the parameters) and its LR scheduler (a partial
+    taking the optimizer) once on a stand-in parameter, and step them once.
+
+    Torch checks their arguments only when they are made and stepped, at the start of the fit:
+    after the teacher was trained. `lr` is checked by name, since every optimizer takes it;
+    whatever else torch refuses is reported against the whole node, with torch's reason.
+    """
+    lr = _arguments(optimizer).get("lr")
+    if lr is not None:
+        require_positive(f"{field}.lr", lr)
+    made = _probe(optimizer, field, lambda factory: factory([nn.Parameter(torch.zeros(1))]))
+    if lr_scheduler is not None:
+        _probe(lr_scheduler, scheduler_field, lambda factory: _step_once(made, factory(made)))
+
+
+def _probe(factory: Callable[..., Any], field: str, use: Callable[[Any], Any]) -> Any:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a probe's warnings (step order) are not the run's
+            return use(factory)
+    except Exception as error:  # a user's target may refuse its arguments in any way
+        target = getattr(factory, "func", factory)
+        name = public_name(target) if isinstance(target, type) else repr(target)
+        raise ConfigError(
+            field, _arguments(factory), f"arguments {name} accepts ({error})"
+        ) from error
+
+
+def _step_once(optimizer: Any, scheduler: Any) -> None:
+    optimizer.step()  # no gradients: changes nothing, but a scheduler expects it first
+    scheduler.step()
+
+
+def _arguments(factory: Callable[..., Any]) -> dict[str, Any]:
+    if isinstance(factory, functools.partial):
+        return dict(factory.keywords)
+    return {}
 
 
 def _target_name(model: nn.Module) -> str:

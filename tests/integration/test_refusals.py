@@ -35,6 +35,20 @@ TINY = [
 # (overrides, what the message must start with: the field and the value as ConfigError
 # prints them).
 REFUSALS = {
+    # Torch checks these only when the fit makes the optimizer: after the teacher.
+    "lr_negative": (["optimizer.lr=-1"], "optimizer.lr=-1 is not allowed"),
+    "weight_decay_negative": (
+        ["optimizer.weight_decay=-1"],
+        "optimizer={'lr': 0.005, 'weight_decay': -1} is not allowed",
+    ),
+    "scheduler_argument": (
+        ["lr_scheduler.T_max=abc"],
+        "lr_scheduler={'T_max': 'abc'} is not allowed",
+    ),
+    "teacher_lr_negative": (
+        ["teacher.train.optimizer.lr=-1"],
+        "teacher.train.optimizer.lr=-1 is not allowed",
+    ),
     "seed_not_a_number": (["seed=abc"], "seed='abc' is not allowed"),
     "seed_negative": (["seed=-1"], "seed=-1 is not allowed"),
     "max_epochs_negative": (["trainer.max_epochs=-1"], "trainer.max_epochs=-1 is not allowed"),
