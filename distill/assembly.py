@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from distill.checks import check_fits_data, check_optimizer
+from distill.checks import check_fits_data, check_optimizer, check_resume_checkpoint
 from distill.compression import PruningCallback, QuantizationCallback, SparsityLogger
 from distill.config import build, build_named
 from distill.data import ClassificationDataModule
@@ -99,6 +99,8 @@ def check_run_settings(cfg: DictConfig) -> None:
     # given its length (the LR schedule and a fractional quantization.start_epoch need it).
     require_int("trainer.max_epochs", cfg.trainer.get("max_epochs"), minimum=1)
     require_int("export_latency_repeats", cfg.get("export_latency_repeats", 20), minimum=1)
+    if cfg.get("ckpt_path") is not None:
+        check_resume_checkpoint(cfg.ckpt_path)
 
 
 def exports(cfg: DictConfig) -> bool:

@@ -47,6 +47,41 @@ def ensure_fresh_run_dir(run_dir: Path, environ: Mapping[str, str] | None = None
         )
 
 
+RESUMABLE = "the path of a Lightning checkpoint of an earlier run of this recipe, or null"
+
+
+def check_resume_checkpoint(path: Any, field: str = "ckpt_path") -> None:
+    """A checkpoint the fit can resume from: an existing file that torch reads with
+    `weights_only=True` (as Lightning will) and that holds Lightning's training state. Read here
+    so a missing, empty or corrupt file is refused before the teacher is trained, not when the
+    fit starts."""
+    if not isinstance(path, str) or not path:
+        raise ConfigError(field, path, RESUMABLE)
+    if not Path(path).is_file():
+        raise ConfigError(field, path, f"{RESUMABLE} (there is no file there)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a corrupt file can fail in any layer of the unpickler
+        raise ConfigError(
+            field, path, f"{RESUMABLE} (torch cannot read it: {_load_failure(error)})"
+        ) from error
+    if not isinstance(checkpoint, Mapping) or not {"state_dict", "optimizer_states"} <= set(
+        checkpoint
+    ):
+        raise ConfigError(
+            field, path, f"{RESUMABLE} (it holds no model and optimizer state to resume)"
+        )
+
+
+def _load_failure(error: Exception) -> str:
+    """The line of a `torch.load` error that says what is wrong with the file. The weights-only
+    unpickler's message leads with advice to load with `weights_only=False`, which a file of
+    unknown origin must never get; its reason comes after "WeightsUnpickler error:"."""
+    text = str(error).partition("WeightsUnpickler error:")[2] or str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
 def check_fits_data(model: nn.Module, datamodule: ClassificationDataModule, field: str) -> None:
     """One example batch through `model`: it must take the inputs and give one logit per class."""
     inputs = datamodule.example_input_batch(2)

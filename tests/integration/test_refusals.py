@@ -10,10 +10,16 @@ the tiny digits recipe, so a row that stopped being refused would train for a fe
 
 from __future__ import annotations
 
+import random
 import sys
+from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
 
+from distill.checks import check_resume_checkpoint
 from distill.cli.train import main
 
 TINY = [
@@ -83,14 +89,37 @@ REFUSALS = {
         ["teacher.model._target_=collections.OrderedDict"],
         "teacher.model._target_='collections.OrderedDict' is not allowed",
     ),
+    # Checked before the teacher is trained; it used to be read when the fit started. `{tmp}`
+    # is the test's folder, where `checkpoint_files` writes the bad files.
+    "ckpt_missing": (["ckpt_path=/nonexistent"], "ckpt_path='/nonexistent' is not allowed"),
+    "ckpt_empty": (["ckpt_path={tmp}/empty.ckpt"], "ckpt_path='{tmp}/empty.ckpt' is not allowed"),
+    "ckpt_random_bytes": (
+        ["ckpt_path={tmp}/random.ckpt"],
+        "ckpt_path='{tmp}/random.ckpt' is not allowed",
+    ),
+    "ckpt_weights_only": (
+        ["ckpt_path={tmp}/weights.pt"],
+        "ckpt_path='{tmp}/weights.pt' is not allowed",
+    ),
 }
 
 HYDRA_OWN = {".hydra", "train.log"}
 
 
+def checkpoint_files(folder: Path) -> None:
+    """Files a resume must refuse: empty, not a pickle, and a bare state_dict (weights only,
+    no training state)."""
+    (folder / "empty.ckpt").write_bytes(b"")
+    (folder / "random.ckpt").write_bytes(random.Random(0).randbytes(4096))
+    torch.save({"weight": torch.zeros(2)}, folder / "weights.pt")
+
+
 @pytest.mark.parametrize(("overrides", "message"), REFUSALS.values(), ids=REFUSALS.keys())
 def test_refused_before_any_work(overrides, message, tmp_path, monkeypatch, capsys):
     run_dir, cache_dir = tmp_path / "run", tmp_path / "cache"
+    checkpoint_files(tmp_path)
+    overrides = [override.replace("{tmp}", str(tmp_path)) for override in overrides]
+    message = message.replace("{tmp}", str(tmp_path))
     argv = [
         *TINY,
         f"hydra.run.dir={run_dir}",
@@ -111,3 +140,25 @@ def test_refused_before_any_work(overrides, message, tmp_path, monkeypatch, caps
     assert output.count("Configuration error") == 1
     assert {path.name for path in run_dir.iterdir()} <= HYDRA_OWN
     assert not cache_dir.exists() or not any(cache_dir.iterdir())
+
+
+def test_a_lightning_checkpoint_passes_the_resume_check(tmp_path):
+    """The check must not refuse what Lightning itself resumes from (weights_only=True)."""
+
+    class Tiny(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trainer = pl.Trainer(
+        max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    trainer.fit(Tiny(), DataLoader(TensorDataset(torch.zeros(4, 2)), batch_size=2))
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    check_resume_checkpoint(str(tmp_path / "last.ckpt"))
