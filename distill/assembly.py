@@ -9,6 +9,7 @@ succeeded. Nothing here trains or writes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 
 from distill.checks import check_fits_data, check_optimizer, check_resume_checkpoint
 from distill.compression import PruningCallback, QuantizationCallback, SparsityLogger
-from distill.config import build, build_named
+from distill.config import build, build_named, check_group_overrides
 from distill.data import ClassificationDataModule
 from distill.errors import ConfigError
 from distill.losses import WeightedSum
@@ -91,9 +92,16 @@ class AssembledRun:
 SEED_MAX = 2**32 - 1
 
 
-def check_run_settings(cfg: DictConfig) -> None:
+def check_run_settings(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     """Refuse the run's own settings that no constructor checks, before anything is seeded,
-    built or written: each would otherwise fail after the teacher was trained, or not at all."""
+    built or written: each would otherwise fail after the teacher was trained, or not at all.
+
+    `overrides` are the job's command-line overrides, where Hydra's composition has not yet
+    dropped a repeated or empty group list (`loss=[ce,kd,kd]`, `loss=[]`).
+    """
+    check_group_overrides(overrides)
+    if not cfg.get("loss"):
+        raise ConfigError("loss", cfg.get("loss"), "one or more loss terms, e.g. loss=[ce,kd]")
     require_int("seed", cfg.get("seed"), minimum=0, maximum=SEED_MAX)
     # Lightning reads -1 as "no limit" and null as 1000 epochs; a distillation run is always
     # given its length (the LR schedule and a fractional quantization.start_epoch need it).

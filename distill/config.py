@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
@@ -70,3 +72,25 @@ def build_named(node: DictConfig | None, field: str) -> dict[str, Any]:
         key = str(name)  # a name: nn.ModuleDict and the loggers need strings
         built[key] = build(child, f"{field}.{key}")
     return built
+
+
+def check_group_overrides(overrides: Sequence[str]) -> None:
+    """Refuse a config group given as a list (`loss=[ce,kd]`) that names no option or one
+    option twice. Hydra composes `loss=[ce,kd,kd]` as `[ce,kd]` and `loss=[]` as no `loss` at
+    all, so only the overrides still say what was asked for."""
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        group, value = override.key_or_group, override.value()
+        if not isinstance(value, list) or not (CONF_DIR / group).is_dir():
+            continue
+        names = [str(name) for name in value]
+        options = ", ".join(sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml")))
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if not names:
+            raise ConfigError(group, names, f"a list of one or more of {options}")
+        if repeated:
+            raise ConfigError(
+                group,
+                names,
+                f"a list naming each option once ({', '.join(repeated)} twice: Hydra would "
+                f"keep one); options: {options}",
+            )

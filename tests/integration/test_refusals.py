@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from distill.checks import check_resume_checkpoint
 from distill.cli.train import main
+from distill.config import check_group_overrides
 
 TINY = [
     "data=digits",
@@ -89,6 +90,11 @@ REFUSALS = {
         ["teacher.model._target_=collections.OrderedDict"],
         "teacher.model._target_='collections.OrderedDict' is not allowed",
     ),
+    # Hydra composes [ce,kd,kd] as [ce,kd] (it ran, silently) and [] as no `loss` node (a
+    # traceback): the job's overrides say what was asked for.
+    "loss_empty": (["loss=[]"], "loss=[] is not allowed"),
+    "loss_repeated": (["loss=[ce,kd,kd]"], "loss=['ce', 'kd', 'kd'] is not allowed"),
+    "logger_repeated": (["logger=[csv,csv]"], "logger=['csv', 'csv'] is not allowed"),
     # Checked before the teacher is trained; it used to be read when the fit started. `{tmp}`
     # is the test's folder, where `checkpoint_files` writes the bad files.
     "ckpt_missing": (["ckpt_path=/nonexistent"], "ckpt_path='/nonexistent' is not allowed"),
@@ -162,3 +168,7 @@ def test_a_lightning_checkpoint_passes_the_resume_check(tmp_path):
     trainer.fit(Tiny(), DataLoader(TensorDataset(torch.zeros(4, 2)), batch_size=2))
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     check_resume_checkpoint(str(tmp_path / "last.ckpt"))
+
+
+def test_repeated_values_of_a_setting_that_is_no_group_are_fine():
+    check_group_overrides(["student.hidden_sizes=[64,64]", "loss=[ce,kd]", "logger=none"])
