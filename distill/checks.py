@@ -48,6 +48,9 @@ def ensure_fresh_run_dir(run_dir: Path, environ: Mapping[str, str] | None = None
 
 
 RESUMABLE = "the path of a Lightning checkpoint of an earlier run of this recipe, or null"
+# What Lightning's fit takes in place of a path: it finds the file itself (under SLURM, "hpc"
+# is how a requeued job resumes), so there is no file to read here.
+LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
 
 
 def check_resume_checkpoint(path: Any, field: str = "ckpt_path") -> None:
@@ -57,6 +60,8 @@ def check_resume_checkpoint(path: Any, field: str = "ckpt_path") -> None:
     fit starts."""
     if not isinstance(path, str) or not path:
         raise ConfigError(field, path, RESUMABLE)
+    if path in LIGHTNING_CKPT_KEYWORDS or path.startswith("registry:") or "://" in path:
+        return  # Lightning resolves it (a keyword, or a remote file fsspec reads) at fit
     if not Path(path).is_file():
         raise ConfigError(field, path, f"{RESUMABLE} (there is no file there)")
     try:

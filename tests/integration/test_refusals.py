@@ -172,3 +172,8 @@ def test_a_lightning_checkpoint_passes_the_resume_check(tmp_path):
 
 def test_repeated_values_of_a_setting_that_is_no_group_are_fine():
     check_group_overrides(["student.hidden_sizes=[64,64]", "loss=[ce,kd]", "logger=none"])
+
+
+@pytest.mark.parametrize("keyword", ["last", "best", "hpc", "registry", "s3://bucket/run.ckpt"])
+def test_what_lightning_resolves_itself_is_left_to_it(keyword):
+    check_resume_checkpoint(keyword)  # no file here to read: Lightning finds it at fit
