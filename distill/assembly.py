@@ -1,6 +1,7 @@
 """Every object of a run, built from its config and checked, before anything is trained.
 
-Order matters: data, models, loss, compression, optimizer and trainer are built first, so a bad
+Order matters: the run's own settings (`check_run_settings`: those no constructor takes) are
+checked first, then data, models, loss, compression, optimizer and trainer are built, so a bad
 setting fails in seconds, before a teacher is trained or a file is written as if the run
 succeeded. Nothing here trains or writes.
 """
@@ -8,6 +9,7 @@ succeeded. Nothing here trains or writes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,15 +17,15 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from distill.checks import check_fits_data
+from distill.checks import check_fits_data, check_optimizer, check_resume_checkpoint
 from distill.compression import PruningCallback, QuantizationCallback, SparsityLogger
-from distill.config import build, build_named
+from distill.config import build, build_named, check_group_overrides
 from distill.data import ClassificationDataModule
 from distill.errors import ConfigError
 from distill.losses import WeightedSum
 from distill.module import DistillationModule
 from distill.teachers import Teacher, TeacherSpec, build_teachers, ensemble_rule, teacher_specs
-from distill.validate import require_choice
+from distill.validate import require_choice, require_int
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,29 @@ class AssembledRun:
         return exports(self.cfg)
 
 
+# numpy's seed range, which Lightning's seed_everything enforces.
+SEED_MAX = 2**32 - 1
+
+
+def check_run_settings(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
+    """Refuse the run's own settings that no constructor checks, before anything is seeded,
+    built or written: each would otherwise fail after the teacher was trained, or not at all.
+
+    `overrides` are the job's command-line overrides, where Hydra's composition has not yet
+    dropped a repeated or empty group list (`loss=[ce,kd,kd]`, `loss=[]`).
+    """
+    check_group_overrides(overrides)
+    if not cfg.get("loss"):
+        raise ConfigError("loss", cfg.get("loss"), "one or more loss terms, e.g. loss=[ce,kd]")
+    require_int("seed", cfg.get("seed"), minimum=0, maximum=SEED_MAX)
+    # Lightning reads -1 as "no limit" and null as 1000 epochs; a distillation run is always
+    # given its length (the LR schedule and a fractional quantization.start_epoch need it).
+    require_int("trainer.max_epochs", cfg.trainer.get("max_epochs"), minimum=1)
+    require_int("export_latency_repeats", cfg.get("export_latency_repeats", 20), minimum=1)
+    if cfg.get("ckpt_path") is not None:
+        check_resume_checkpoint(cfg.ckpt_path)
+
+
 def exports(cfg: DictConfig) -> bool:
     """Whether the run ends with the deployment export (never for a fast_dev_run)."""
     return bool(cfg.get("export", False)) and not cfg.trainer.get("fast_dev_run")
@@ -93,12 +118,23 @@ def exports(cfg: DictConfig) -> bool:
 
 def assemble(cfg: DictConfig) -> AssembledRun:
     """Build every object of the run in `cfg` and check it against the data."""
-    datamodule: ClassificationDataModule = build(cfg.data, "data")
+    datamodule: ClassificationDataModule = build(cfg.data, "data", ClassificationDataModule)
     datamodule.setup("fit")
     loss = WeightedSum(build_named(cfg.loss, "loss"))
-    student: nn.Module = build(cfg.student, "student")
+    student: nn.Module = build(cfg.student, "student", nn.Module)
     check_fits_data(student, datamodule, "student")
+    optimizer = build(cfg.optimizer, "optimizer")
+    lr_scheduler = build(cfg.lr_scheduler, "lr_scheduler") if cfg.lr_scheduler else None
+    check_optimizer(optimizer, "optimizer", lr_scheduler, "lr_scheduler")
     specs = teacher_specs(cfg) if loss.requires_teacher else {}
+    for spec in specs.values():
+        if spec.must_train:
+            check_optimizer(
+                spec.build_optimizer(),
+                f"{spec.field}.train.optimizer",
+                spec.build_lr_scheduler(),
+                f"{spec.field}.train.lr_scheduler",
+            )
     teacher = build_teachers(specs, datamodule, ensemble_rule(cfg)) if specs else None
     use_output_cache, output_cache_reason = plan_teacher_output_cache(cfg, teacher, datamodule)
     max_epochs = cfg.trainer.get("max_epochs")
@@ -109,8 +145,8 @@ def assemble(cfg: DictConfig) -> AssembledRun:
     module = DistillationModule(
         student,
         loss,
-        optimizer=build(cfg.optimizer, "optimizer"),
-        lr_scheduler=build(cfg.lr_scheduler, "lr_scheduler") if cfg.lr_scheduler else None,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
         num_classes=datamodule.num_classes,
         teacher=teacher,
         example_inputs=example,

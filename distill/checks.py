@@ -1,11 +1,14 @@
-"""Checks that run before any work: a fresh run directory, models that fit the data."""
+"""Checks that run before any work: a fresh run directory, models that fit the data, an
+optimizer torch accepts."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
-from collections.abc import Iterator, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +16,10 @@ import torch
 from torch import nn
 
 from distill.cluster.requeue import hpc_checkpoints, requeued_checkpoint
+from distill.config import public_name
 from distill.data import ClassificationDataModule
 from distill.errors import ConfigError
-from distill.validate import require_int
+from distill.validate import require_int, require_positive
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,46 @@ def ensure_fresh_run_dir(run_dir: Path, environ: Mapping[str, str] | None = None
         )
 
 
+RESUMABLE = "the path of a Lightning checkpoint of an earlier run of this recipe, or null"
+# What Lightning's fit takes in place of a path: it finds the file itself (under SLURM, "hpc"
+# is how a requeued job resumes), so there is no file to read here.
+LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
+
+
+def check_resume_checkpoint(path: Any, field: str = "ckpt_path") -> None:
+    """A checkpoint the fit can resume from: an existing file that torch reads with
+    `weights_only=True` (as Lightning will) and that holds Lightning's training state. Read here
+    so a missing, empty or corrupt file is refused before the teacher is trained, not when the
+    fit starts."""
+    if not isinstance(path, str) or not path:
+        raise ConfigError(field, path, RESUMABLE)
+    if path in LIGHTNING_CKPT_KEYWORDS or path.startswith("registry:") or "://" in path:
+        return  # Lightning resolves it (a keyword, or a remote file fsspec reads) at fit
+    if not Path(path).is_file():
+        raise ConfigError(field, path, f"{RESUMABLE} (there is no file there)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a corrupt file can fail in any layer of the unpickler
+        raise ConfigError(
+            field, path, f"{RESUMABLE} (torch cannot read it: {_load_failure(error)})"
+        ) from error
+    if not isinstance(checkpoint, Mapping) or not {"state_dict", "optimizer_states"} <= set(
+        checkpoint
+    ):
+        raise ConfigError(
+            field, path, f"{RESUMABLE} (it holds no model and optimizer state to resume)"
+        )
+
+
+def _load_failure(error: Exception) -> str:
+    """The line of a `torch.load` error that says what is wrong with the file. The weights-only
+    unpickler's message leads with advice to load with `weights_only=False`, which a file of
+    unknown origin must never get; its reason comes after "WeightsUnpickler error:"."""
+    text = str(error).partition("WeightsUnpickler error:")[2] or str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
 def check_fits_data(model: nn.Module, datamodule: ClassificationDataModule, field: str) -> None:
     """One example batch through `model`: it must take the inputs and give one logit per class."""
     inputs = datamodule.example_input_batch(2)
@@ -67,6 +111,51 @@ def check_fits_data(model: nn.Module, datamodule: ClassificationDataModule, fiel
             f"a model whose output is (batch, {datamodule.num_classes}) logits for the "
             f"{datamodule.num_classes} classes of the data; it gives {shape}",
         )
+
+
+def check_optimizer(
+    optimizer: Callable[..., Any],
+    field: str,
+    lr_scheduler: Callable[..., Any] | None = None,
+    scheduler_field: str = "lr_scheduler",
+) -> None:
+    """Make the optimizer (a partial taking the parameters) and its LR scheduler (a partial
+    taking the optimizer) once on a stand-in parameter, and step them once.
+
+    Torch checks their arguments only when they are made and stepped, at the start of the fit:
+    after the teacher was trained. `lr` is checked by name, since every optimizer takes it;
+    whatever else torch refuses is reported against the whole node, with torch's reason.
+    """
+    lr = _arguments(optimizer).get("lr")
+    if lr is not None:
+        require_positive(f"{field}.lr", lr)
+    made = _probe(optimizer, field, lambda factory: factory([nn.Parameter(torch.zeros(1))]))
+    if lr_scheduler is not None:
+        _probe(lr_scheduler, scheduler_field, lambda factory: _step_once(made, factory(made)))
+
+
+def _probe(factory: Callable[..., Any], field: str, use: Callable[[Any], Any]) -> Any:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a probe's warnings (step order) are not the run's
+            return use(factory)
+    except Exception as error:  # a user's target may refuse its arguments in any way
+        target = getattr(factory, "func", factory)
+        name = public_name(target) if isinstance(target, type) else repr(target)
+        raise ConfigError(
+            field, _arguments(factory), f"arguments {name} accepts ({error})"
+        ) from error
+
+
+def _step_once(optimizer: Any, scheduler: Any) -> None:
+    optimizer.step()  # no gradients: changes nothing, but a scheduler expects it first
+    scheduler.step()
+
+
+def _arguments(factory: Callable[..., Any]) -> dict[str, Any]:
+    if isinstance(factory, functools.partial):
+        return dict(factory.keywords)
+    return {}
 
 
 def _target_name(model: nn.Module) -> str:

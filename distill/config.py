@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
@@ -15,16 +18,18 @@ from distill.errors import ConfigError
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-def build(node: Any, field: str, **kwargs: Any) -> Any:
+def build(node: Any, field: str, expected: type | None = None, **kwargs: Any) -> Any:
     """`hydra.utils.instantiate(node)`, with a failure reported against `field`.
 
     A ConfigError raised by a constructor names its argument only (`temperature`); here it is
     re-raised with the full config path (`loss.kd.temperature`) so the user knows what to fix.
+    With `expected`, a target that builds anything else (`student._target_=collections.
+    OrderedDict` builds happily) is refused here, not by the first attribute the run reads.
     """
     if not isinstance(node, DictConfig) or "_target_" not in node:
         raise ConfigError(field, node, "a config node with a _target_ naming a class or function")
     try:
-        return hydra.utils.instantiate(node, **kwargs)
+        built = hydra.utils.instantiate(node, **kwargs)
     except InstantiationException as error:
         cause = error.__cause__
         if isinstance(cause, ConfigError):
@@ -37,6 +42,25 @@ def build(node: Any, field: str, **kwargs: Any) -> Any:
         raise ConfigError(
             f"{field}._target_", node.get("_target_"), f"a target that can be built ({error})"
         ) from error
+    if expected is not None and not isinstance(built, expected):
+        raise ConfigError(
+            f"{field}._target_",
+            node.get("_target_"),
+            f"a target that builds a {public_name(expected)} "
+            f"(this one builds a {public_name(type(built))})",
+        )
+    return built
+
+
+def public_name(cls: type) -> str:
+    """`cls`'s dotted name from the shortest package that exports it (`torch.nn.Module`, not
+    `torch.nn.modules.module.Module`)."""
+    parts = cls.__module__.split(".")
+    for end in range(1, len(parts) + 1):
+        package = sys.modules.get(".".join(parts[:end]))
+        if getattr(package, cls.__qualname__, None) is cls:
+            return f"{'.'.join(parts[:end])}.{cls.__qualname__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def build_named(node: DictConfig | None, field: str) -> dict[str, Any]:
@@ -48,3 +72,25 @@ def build_named(node: DictConfig | None, field: str) -> dict[str, Any]:
         key = str(name)  # a name: nn.ModuleDict and the loggers need strings
         built[key] = build(child, f"{field}.{key}")
     return built
+
+
+def check_group_overrides(overrides: Sequence[str]) -> None:
+    """Refuse a config group given as a list (`loss=[ce,kd]`) that names no option or one
+    option twice. Hydra composes `loss=[ce,kd,kd]` as `[ce,kd]` and `loss=[]` as no `loss` at
+    all, so only the overrides still say what was asked for."""
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        group, value = override.key_or_group, override.value()
+        if not isinstance(value, list) or not (CONF_DIR / group).is_dir():
+            continue
+        names = [str(name) for name in value]
+        options = ", ".join(sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml")))
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if not names:
+            raise ConfigError(group, names, f"a list of one or more of {options}")
+        if repeated:
+            raise ConfigError(
+                group,
+                names,
+                f"a list naming each option once ({', '.join(repeated)} twice: Hydra would "
+                f"keep one); options: {options}",
+            )

@@ -12,14 +12,14 @@ import contextlib
 import logging
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import OmegaConf
 
-from distill.assembly import AssembledRun, assemble
+from distill.assembly import AssembledRun, assemble, check_run_settings
 from distill.baseline import baseline_facts, train_baseline, wants_baseline
 from distill.checks import ensure_fresh_run_dir, torch_threads
 from distill.cluster.requeue import retire_hpc_checkpoints
@@ -44,15 +44,19 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
 
 
-def train(cfg: Any) -> dict[str, Any]:
-    """Run the recipe in `cfg`; returns the summary that is also written to summary.json."""
+def train(cfg: Any, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Run the recipe in `cfg`; returns the summary that is also written to summary.json.
+
+    `overrides`, the command line's, are checked for what composing `cfg` hid (a group list
+    that names an option twice)."""
     with torch_threads(cfg.get("threads")):
-        return _run(cfg)
+        return _run(cfg, overrides)
 
 
-def _run(cfg: Any) -> dict[str, Any]:
+def _run(cfg: Any, overrides: Sequence[str]) -> dict[str, Any]:
     timing = Stopwatch()
     run_dir = Path(cfg.paths.output_dir)
+    check_run_settings(cfg, overrides)
     ensure_fresh_run_dir(run_dir)
     pl.seed_everything(cfg.seed, workers=True)
     run = assemble(cfg)

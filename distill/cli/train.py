@@ -26,7 +26,7 @@ def _train(cfg: DictConfig) -> float | None:
 
     try:
         apply_when_missing(cfg)
-        summary = train(cfg)
+        summary = train(cfg, job_overrides())
     except MissingTeacherError as error:
         log.error("Configuration error: %s", error)
         log.error("Train the teacher with: %s", teacher_command())
@@ -62,12 +62,18 @@ def apply_when_missing(cfg: DictConfig) -> None:
         cfg.teacher.when_missing = resolve_when_missing(setting, slurm_sweep_job=slurm_job)
 
 
+def job_overrides() -> list[str]:
+    """This job's own overrides (a sweep's job gets its own values), or none when the task is
+    called directly (tests)."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
 def teacher_command() -> str:
     """The `distill-teacher` command with this job's own overrides (the sweep's included:
     student-side settings do not change a teacher's cache key)."""
     if not HydraConfig.initialized():
         return "distill-teacher <the same overrides>"
-    return shlex.join(["distill-teacher", *HydraConfig.get().overrides.task])
+    return shlex.join(["distill-teacher", *job_overrides()])
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from distill.assembly import assemble
+from distill.assembly import assemble, check_run_settings
 from distill.checks import torch_threads
 from distill.config import CONF_DIR
 from distill.errors import ConfigError
@@ -154,6 +154,7 @@ def _blame(plan: SearchPlan, corner: dict[str, str], error: ConfigError) -> Conf
 
 def _assemble(overrides: list[str]) -> Any:
     cfg = compose_run(overrides)
+    check_run_settings(cfg, overrides)  # what distill-train refuses first, the trials would too
     with torch_threads(cfg.get("threads")):
         return assemble(cfg)
 

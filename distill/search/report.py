@@ -150,7 +150,7 @@ def _headline(result: dict[str, Any]) -> list[str]:
             "```bash",
             best["command"],
             "```",
-            f"Its run directory (checkpoints, `export/` artifacts): `{best['run_dir']}`",
+            f"Its run directory (summary.json, checkpoints, artifacts): `{best['run_dir']}`",
         ]
         if base is not None and base["objective"] is not None and base is not best:
             gain = best["objective"] - base["objective"]

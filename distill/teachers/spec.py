@@ -126,7 +126,8 @@ class TeacherSpec:
         return int(self._train_settings()["max_epochs"])
 
     def build_model(self) -> nn.Module:
-        model: nn.Module = build(OmegaConf.create(dict(self.model)), f"{self.field}.model")
+        node = OmegaConf.create(dict(self.model))
+        model: nn.Module = build(node, f"{self.field}.model", nn.Module)
         return model
 
     def build_optimizer(self) -> Any:

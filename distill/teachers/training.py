@@ -41,7 +41,9 @@ def teacher_trainer_factory(trainer: DictConfig) -> TrainerFactory:
     """
 
     def make(*, max_epochs: int, default_root_dir: Path) -> pl.Trainer:
-        alone = {"plugins": [LightningEnvironment()]} if SLURMEnvironment.detect() else {}
+        alone: dict[str, Any] = (
+            {"plugins": [LightningEnvironment()]} if SLURMEnvironment.detect() else {}
+        )
         built: pl.Trainer = build(
             trainer,
             "trainer",

@@ -156,3 +156,9 @@ def test_a_seed_override_with_search_seeds_is_refused(tmp_path, caplog):
     assert main([*search_args(tmp_path), "search.seeds=[0,1]", "seed=3"]) == 2
     assert "seed=['seed=3'] is not allowed: no seed override when search.seeds" in caplog.text
     assert not (tmp_path / "search").exists()
+
+
+def test_a_fixed_setting_distill_train_refuses_is_refused_by_the_plan(tmp_path, caplog):
+    assert main([*search_args(tmp_path), "trainer.max_epochs=0"]) == 2
+    assert "trainer.max_epochs=0 is not allowed: an integer >= 1" in caplog.text
+    assert not (tmp_path / "search").exists()
