@@ -300,7 +300,7 @@ def test_a_crash_leaves_its_traceback_in_the_job_log(
     import distill.pipeline
     from distill.cli.train import _train
 
-    def crash(cfg: Any) -> None:
+    def crash(cfg: Any, overrides: Any = ()) -> None:
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
     monkeypatch.setattr(distill.pipeline, "train", crash)
