@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial
 from distill.search.prepare import SearchPlan, plan_search
 from distill.search.report import SEARCH_JSON, SEARCH_MD, search_result, write_search_report
 from distill.search.study import (
+    confirm_pick,
     make_sampler,
     open_study,
     optimize,
@@ -55,7 +56,11 @@ def run_search(overrides: Sequence[str]) -> dict[str, Any]:
             _write_reports(study, plan)
 
         optimize(study, plan, after_trial)
-        return _write_reports(study, plan)
+        result = _write_reports(study, plan)
+        if plan.settings.confirm_seeds:
+            confirm_pick(study, plan, result["best"] or result["closest"])
+            result = _write_reports(study, plan)
+        return result
 
 
 def _write_reports(study: optuna.Study, plan: SearchPlan) -> dict[str, Any]:

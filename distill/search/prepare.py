@@ -66,6 +66,13 @@ def plan_search(overrides: Sequence[str]) -> SearchPlan:
             [t for t in [*fixed, *sweeps] if _key(t) == "seed"],
             "no seed override when search.seeds is set (each trial runs every seed of it)",
         )
+    searched_seeds = set(settings.seeds or [cfg.get("seed")])
+    if settings.confirm_seeds and searched_seeds & set(settings.confirm_seeds):
+        raise ConfigError(
+            "search.confirm_seeds",
+            list(settings.confirm_seeds),
+            f"seeds no trial uses (the trials run with {sorted(searched_seeds)})",
+        )
     plan = SearchPlan(
         settings=settings,
         dimensions=list(dimensions.values()),

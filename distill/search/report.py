@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 from distill.files import atomic_write, atomic_write_json
 from distill.search.chart import render_search_chart
 from distill.search.prepare import SearchPlan
-from distill.search.study import INTERRUPTED, RETRY_OF
+from distill.search.study import CONFIRMATION, INTERRUPTED, RETRY_OF
 
 SEARCH_JSON = "search.json"
 SEARCH_MD = "search.md"
@@ -44,6 +44,10 @@ def search_result(study: optuna.Study, plan: SearchPlan) -> dict[str, Any]:
     if best is None and budget is not None:
         closest = min(finished, key=lambda row: (row["budget_value"], row["number"]), default=None)
     base = next((row for row in trials if row["base"] and row["status"] != PENDING), None)
+    pick = best or closest
+    confirmation = study.user_attrs.get(CONFIRMATION)
+    if pick is None or confirmation is None or confirmation["trial"] != pick["number"]:
+        confirmation = None  # none yet, or of an earlier pick
     return {
         "search_dir": str(settings.dir),
         "objective": settings.objective,
@@ -56,6 +60,7 @@ def search_result(study: optuna.Study, plan: SearchPlan) -> dict[str, Any]:
         "best": best,
         "closest": closest,
         "base": base,
+        "confirmation": confirmation,
         "trials": trials,
     }
 
@@ -117,6 +122,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         title += f" with `{budget['metric']}` <= {_number(budget['max'])}"
     lines = [title, "", f"Search directory: `{result['search_dir']}`", ""]
     lines += _headline(result)
+    if result["confirmation"] is not None:
+        lines += ["", *_confirmation(result["confirmation"], result["objective"])]
     if budget is not None:
         lines += ["", f"![objective against budget]({SEARCH_PNG})"]
     lines += ["", "## Trials", ""]
@@ -175,6 +182,22 @@ def _headline(result: dict[str, Any]) -> list[str]:
             "```",
         ]
     return [f"**{result['verdict'].capitalize()}**: every trial failed; see below."]
+
+
+def _confirmation(confirmation: dict[str, Any], objective: str) -> list[str]:
+    seeds = ", ".join(map(str, confirmation["seeds"]))
+    where = f"Trial {confirmation['trial']} rerun on seeds {seeds}, which no trial used"
+    if confirmation["error"]:
+        return [f"{where}: failed ({confirmation['error'].splitlines()[-1]})."]
+    per_seed = ", ".join(
+        f"{seed}: {_number(numbers['objective'])}"
+        for seed, numbers in confirmation["per_seed"].items()
+    )
+    return [
+        f"{where}: `{objective}` = {_number(confirmation['objective'])} (mean; {per_seed}), "
+        f"in `{confirmation['run_dir']}`. Without the luck of the pick, this is the number to "
+        "expect."
+    ]
 
 
 def _budget_part(row: dict[str, Any], budget: dict[str, Any] | None) -> str:

@@ -24,6 +24,7 @@ _KEYS = (
     "dir",
     "start_from_base",
     "seeds",
+    "confirm_seeds",
 )
 
 
@@ -52,6 +53,10 @@ class SearchSettings:
     # Each trial runs once per seed and is scored by the mean: on small, noisy data one seed's
     # luck would otherwise pick the winner. None: one run, with the config's `seed`.
     seeds: tuple[int, ...] | None = None
+    # After the last trial the best one (or the closest to the budget) runs again on these
+    # seeds, which no trial used: a winner picked among many noisy trials looks better than it
+    # is, and this is its number without the luck of the pick.
+    confirm_seeds: tuple[int, ...] | None = None
 
     @classmethod
     def from_config(cls, node: Any) -> SearchSettings:
@@ -78,7 +83,8 @@ class SearchSettings:
             sampler=sampler,
             dir=Path(str(node.get("dir"))),
             start_from_base=require_bool("search.start_from_base", node.get("start_from_base")),
-            seeds=_seeds(node.get("seeds")),
+            seeds=_seeds("search.seeds", node.get("seeds")),
+            confirm_seeds=_seeds("search.confirm_seeds", node.get("confirm_seeds")),
         )
 
     def definition(self) -> dict[str, Any]:
@@ -100,12 +106,12 @@ def _metric_key(field: str, value: Any) -> str:
     return value
 
 
-def _seeds(node: Any) -> tuple[int, ...] | None:
+def _seeds(field: str, node: Any) -> tuple[int, ...] | None:
     if node is None:
         return None
     seeds = list(node) if isinstance(node, ListConfig | list | tuple) else None
     if not seeds or not all(is_int(seed) for seed in seeds) or len(set(seeds)) != len(seeds):
-        raise ConfigError("search.seeds", node, "null, or a list of distinct integer seeds")
+        raise ConfigError(field, node, "null, or a list of distinct integer seeds")
     return tuple(int(seed) for seed in seeds)
 
 

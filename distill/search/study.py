@@ -11,7 +11,9 @@ recorded with their error. Nothing is dropped: the report lists every trial.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,6 +42,8 @@ LOCK_FILE = ".search.lock"
 CONSTRAINT = "budget"
 INTERRUPTED = "interrupted"  # the search was killed while this trial ran; it was retried
 RETRY_OF = "retry_of"
+# Study user attribute: the pick's run on search.confirm_seeds.
+CONFIRMATION = "confirmation"
 
 
 class TrialFailed(Exception):
@@ -196,3 +200,34 @@ def _enqueue_base(study: optuna.Study, plan: SearchPlan) -> None:
     missing = sorted(key for key, value in plan.base_point.items() if value is None)
     if missing:
         log.info("The base config's values of %s are outside the space; sampled instead", missing)
+
+
+def confirm_pick(study: optuna.Study, plan: SearchPlan, pick: dict[str, Any] | None) -> None:
+    """Run the search's pick (a report row: the best trial, or the closest to the budget) again
+    on `search.confirm_seeds` and keep its numbers in the study; done once per pick."""
+    seeds = plan.settings.confirm_seeds
+    if not seeds or pick is None:
+        return
+    done = study.user_attrs.get(CONFIRMATION)
+    if done and done["trial"] == pick["number"] and done["seeds"] == list(seeds):
+        return
+    run_dir = plan.settings.dir / f"confirm_trial_{pick['number']:03d}"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a confirmation killed before it was recorded: start it over
+    overrides = [*plan.fixed, *pick["overrides"]]
+    log.info("Confirming trial %d on seeds %s", pick["number"], list(seeds))
+    outcome = run_trial(overrides, run_dir, dataclasses.replace(plan.settings, seeds=seeds))
+    per_seed = outcome.per_seed or {}
+    study.set_user_attr(
+        CONFIRMATION,
+        {
+            "trial": pick["number"],
+            "seeds": list(seeds),
+            "run_dir": run_dir.name,
+            "command": trial_command(overrides, seeds),
+            "objective": outcome.objective,
+            "budget_value": outcome.budget_value,
+            "per_seed": {str(seed): numbers for seed, numbers in per_seed.items()},
+            "error": outcome.error,
+        },
+    )

@@ -162,3 +162,9 @@ def test_a_fixed_setting_distill_train_refuses_is_refused_by_the_plan(tmp_path, 
     assert main([*search_args(tmp_path), "trainer.max_epochs=0"]) == 2
     assert "trainer.max_epochs=0 is not allowed: an integer >= 1" in caplog.text
     assert not (tmp_path / "search").exists()
+
+
+def test_confirm_seeds_a_trial_uses_are_refused(tmp_path, caplog):
+    assert main([*search_args(tmp_path), "search.confirm_seeds=[0,7]"]) == 2
+    assert "search.confirm_seeds=[0, 7] is not allowed: seeds no trial uses" in caplog.text
+    assert not (tmp_path / "search").exists()

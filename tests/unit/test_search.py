@@ -29,6 +29,7 @@ from distill.search.space import Dimension, parse_space
 from distill.search.study import (
     INTERRUPTED,
     RETRY_OF,
+    confirm_pick,
     counted_trials,
     make_sampler,
     open_study,
@@ -398,3 +399,42 @@ def test_a_trial_over_seeds_scores_the_mean_and_budgets_the_largest(tmp_path, mo
     monkeypatch.setattr(trials, "_run_one", failing)
     outcome = trials.run_trial(["data=digits"], tmp_path / "trial_001", settings)
     assert not outcome.finished and outcome.error == "seed 1: boom"
+
+
+def test_the_pick_is_confirmed_once_on_seeds_no_trial_used(tmp_path, monkeypatch):
+    plan = make_plan(tmp_path, start_from_base=False, confirm_seeds=[3, 4])
+    study = open_study(plan)
+    study.add_trial(finished_trial(0.95, 90.0, overrides=["loss.kd.temperature=2"]))
+    runs = []
+
+    def fake_run(overrides, run_dir, settings_):
+        runs.append((list(overrides), run_dir.relative_to(tmp_path).as_posix()))
+        return {"seed=3": 0.90, "seed=4": 0.92}[overrides[-1]], 80.0, None
+
+    monkeypatch.setattr(trials, "_run_one", fake_run)
+    pick = search_result(study, plan)["best"]
+    confirm_pick(study, plan, pick)
+    confirm_pick(study, plan, pick)  # recorded: not run twice
+    assert runs == [
+        (["data=digits", "loss.kd.temperature=2", "seed=3"], "confirm_trial_000/seed_3"),
+        (["data=digits", "loss.kd.temperature=2", "seed=4"], "confirm_trial_000/seed_4"),
+    ]
+    result = search_result(study, plan)
+    confirmation = result["confirmation"]
+    assert confirmation["trial"] == 0 and confirmation["objective"] == pytest.approx(0.91)
+    assert confirmation["command"] == (
+        "distill-train -m data=digits loss.kd.temperature=2 seed=3,4"
+    )
+    assert (
+        "Trial 0 rerun on seeds 3, 4, which no trial used: `artifacts.onnx_int8.test_acc` = 0.91"
+        in (render_markdown(result))
+    )
+    # A later, better trial makes the confirmation stale: it is not shown for the new pick.
+    study.add_trial(finished_trial(0.97, 95.0))
+    assert search_result(study, plan)["confirmation"] is None
+
+
+def test_confirm_seeds_are_checked():
+    with pytest.raises(ConfigError) as error:
+        SearchSettings.from_config(settings_node(confirm_seeds=[1, 1]))
+    assert error.value.field == "search.confirm_seeds"
