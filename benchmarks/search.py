@@ -30,7 +30,12 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        common = ["recipe=default", *QUIET, f"paths.cache_dir={root / 'cache'}"]
+        common = [
+            "recipe=default",
+            *QUIET,
+            f"paths.cache_dir={root / 'cache'}",
+            f"paths.log_dir={root / 'logs'}",  # distill-teacher's run dir, not ./outputs
+        ]
         subprocess.run(
             [sys.executable, "-m", "distill.cli.teacher", *common],
             check=True,
