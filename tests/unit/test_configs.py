@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hydra
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -159,3 +160,12 @@ def test_every_search_config_plans_on_the_default_recipe(option, tmp_path):
     assert plan.dimensions and plan.settings.n_trials >= 1
     assert str(plan.settings.dir).startswith(str(tmp_path / "search"))
     assert not (tmp_path / "search").exists()  # planning writes nothing
+
+
+@pytest.mark.parametrize("option", ["channel_l1", "agp_unstructured"])
+def test_the_readme_layer_sparsity_example_works_as_written(option, compose_cfg):
+    # README: `pruning.layer_sparsity={features.3: 0.5}`. An empty {} default was a struct
+    # node that refused the new key; null takes the mapping.
+    cfg = compose_cfg(f"pruning={option}", "pruning.layer_sparsity={features.3: 0.5}")
+    callback = hydra.utils.instantiate(cfg.pruning)
+    assert callback.layer_sparsity == {"features.3": 0.5}
