@@ -81,10 +81,12 @@ def main() -> None:
         sys.exit(
             f"distill-train: no configs at {CONF_DIR}; install from a clone with pip install -e ."
         )
+    from distill.overrides import check_overrides_compose
     from distill.recipe import check_recipe_overrides
 
     try:
         check_recipe_overrides(sys.argv[1:])
+        check_overrides_compose(sys.argv[1:])
     except ConfigError as error:
         print(f"distill-train: {error}", file=sys.stderr)
         sys.exit(2)

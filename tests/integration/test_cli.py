@@ -51,8 +51,8 @@ def test_cfg_job_prints_the_composed_config_with_overrides(tmp_path):
 
 def test_unknown_group_option_lists_the_available_ones(tmp_path):
     result = run_cli("student=resnet9000", cwd=tmp_path)
-    assert result.returncode != 0
-    assert "Could not find 'student/resnet9000'" in result.stderr
+    assert result.returncode == 2  # refused as a configuration error, before Hydra's app
+    assert "student='resnet9000' is not allowed: an option of student:" in result.stderr
     assert "mlp" in result.stderr  # the available options are listed
 
 

@@ -177,3 +177,31 @@ def test_repeated_values_of_a_setting_that_is_no_group_are_fine():
 @pytest.mark.parametrize("keyword", ["last", "best", "hpc", "registry", "s3://bucket/run.ckpt"])
 def test_what_lightning_resolves_itself_is_left_to_it(keyword):
     check_resume_checkpoint(keyword)  # no file here to read: Lightning finds it at fit
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "loss=[ce,foo]",
+            "loss='foo' is not allowed: an option of loss: at, cc, ce, crd, dist, dkd, fitnets,",
+        ),
+        ("student=mpl", "student='mpl' is not allowed: an option of student: cnn1d_small,"),
+        (
+            "trainer.max_epoch=3",
+            "trainer.max_epoch='3' is not allowed: a key of the config (did you mean "
+            "trainer.max_epochs? A new key needs a leading +",
+        ),
+    ],
+)
+def test_what_hydra_cannot_compose_exits_2_naming_the_options_or_close_keys(
+    override, message, tmp_path, monkeypatch, capsys
+):
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", ["distill-train", override, f"hydra.run.dir={run_dir}"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    output = capsys.readouterr().err
+    assert output.startswith(f"distill-train: {message}") and "Traceback" not in output
+    assert not run_dir.exists()  # refused before Hydra's app made the run directory
