@@ -44,8 +44,9 @@ def atomic_write_json(path: str | Path, payload: Any) -> Path:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (created if needed); waits for another holder."""
+def exclusive_lock(path: Path, wait: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if needed). Another holder is waited for, or,
+    with `wait=False`, raises BlockingIOError."""
     with open(path, "a+") as handle:
         if sys.platform == "win32":  # pragma: no cover
             yield
@@ -53,6 +54,8 @@ def exclusive_lock(path: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if not wait:
+                raise
             log.info("Another run holds %s; waiting for it", path)
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:

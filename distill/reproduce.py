@@ -73,16 +73,23 @@ def check_expected_keys(recipe: Recipe, quick: bool, run: AssembledRun) -> None:
     for key in recipe.expectations(quick):
         if key in known:
             continue
-        close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        if key.startswith("artifacts.") and not run.exports:
-            hint = " (the export is off: export=false, or a fast_dev_run)"
+        hint = missing_metric_hint(key, known, run.exports)
+        hint = f" ({hint})" if hint else ""
         raise ConfigError(
             f"{block}.{key}",
             recipe.expectations(quick)[key].value,
             f"a number this run's summary.json holds{hint}; it will hold: "
             + ", ".join(sorted(k for k in known if not k.startswith("sparsity.layers."))),
         )
+
+
+def missing_metric_hint(key: str, known: set[str], exports: bool) -> str:
+    """Why a run's summary.json will not hold `key`: the export is off, or a close key."""
+    parts = key.split(".")
+    if len(parts) > 1 and parts[0] == "artifacts" and parts[1] in EXPORTED and not exports:
+        return "the export is off: export=false, or a fast_dev_run"
+    close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
+    return f"did you mean {', '.join(close)}?" if close else ""
 
 
 @dataclass(frozen=True)

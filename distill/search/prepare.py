@@ -12,7 +12,6 @@ The command line mixes three kinds of override, told apart here:
 from __future__ import annotations
 
 import contextlib
-import difflib
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from distill.assembly import assemble, check_run_settings
 from distill.checks import torch_threads
 from distill.config import CONF_DIR
 from distill.errors import ConfigError
-from distill.reproduce import EXPORTED, summary_metric_keys
+from distill.reproduce import missing_metric_hint, summary_metric_keys
 from distill.search.settings import SearchSettings
 from distill.search.space import Dimension, dimension_of, parse_override, parse_space
 
@@ -183,11 +182,8 @@ def quiet_lightning() -> Iterator[None]:
 def _check_known(field: str, key: str, known: set[str], exports: bool) -> None:
     if key in known:
         return
-    close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    parts = key.split(".")
-    if parts[0] == "artifacts" and parts[1] in EXPORTED and not exports:
-        hint = "; the export is off (export=false)"
+    hint = missing_metric_hint(key, known, exports)
+    hint = f"; {hint}" if hint else ""
     raise ConfigError(field, key, f"a number every trial's summary.json holds{hint}")
 
 

@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import logging
 import shutil
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -25,12 +24,10 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from distill.errors import ConfigError
+from distill.files import exclusive_lock
 from distill.search.prepare import SearchPlan
 from distill.search.space import Dimension
 from distill.search.trials import run_trial, trial_command, trial_dir
-
-if sys.platform != "win32":
-    import fcntl
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +68,13 @@ def make_sampler(plan: SearchPlan, trials_so_far: int = 0) -> optuna.samplers.Ba
 @contextlib.contextmanager
 def search_lock(search_dir: Path) -> Iterator[None]:
     """One distill-search per study: a second one on the same directory is refused."""
-    with open(search_dir / LOCK_FILE, "a+") as handle:
-        if sys.platform != "win32":
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise ConfigError(
-                    "search.dir", str(search_dir), "a search no other distill-search is running"
-                ) from None
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(exclusive_lock(search_dir / LOCK_FILE, wait=False))
+        except BlockingIOError:
+            raise ConfigError(
+                "search.dir", str(search_dir), "a search no other distill-search is running"
+            ) from None
         yield
 
 
