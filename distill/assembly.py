@@ -11,17 +11,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from distill.checkpoint_io import CHECKPOINT_DIR, AtomicCheckpointIO
 from distill.checks import check_fits_data, check_optimizer, check_resume_checkpoint
 from distill.compression import PruningCallback, QuantizationCallback, SparsityLogger
 from distill.config import build, build_named, check_group_overrides
 from distill.data import ClassificationDataModule
 from distill.errors import ConfigError
+from distill.interruption import InterruptCheckpoint
 from distill.losses import WeightedSum
 from distill.module import DistillationModule
 from distill.teachers import Teacher, TeacherSpec, build_teachers, ensemble_rule, teacher_specs
@@ -155,10 +158,18 @@ def assemble(cfg: DictConfig) -> AssembledRun:
     # Terms with per-sample state (CRD's memory bank) and cached teacher outputs both look
     # samples up by their index in the training set.
     datamodule.return_indices = module.requires_indices or use_output_cache
-    callbacks = [*build_named(cfg.callbacks, "callbacks").values(), *compression.callbacks]
+    callbacks = [
+        *build_named(cfg.callbacks, "callbacks").values(),
+        *compression.callbacks,
+        InterruptCheckpoint(Path(cfg.paths.output_dir) / CHECKPOINT_DIR),
+    ]
     loggers = list(build_named(cfg.logger, "logger").values())
     trainer: pl.Trainer = build(
-        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False
+        cfg.trainer,
+        "trainer",
+        callbacks=callbacks,
+        logger=loggers or False,
+        **checkpoint_plugins(cfg.trainer),
     )
     return AssembledRun(
         cfg,
@@ -174,6 +185,15 @@ def assemble(cfg: DictConfig) -> AssembledRun:
         use_output_cache,
         output_cache_reason,
     )
+
+
+def checkpoint_plugins(trainer_cfg: DictConfig) -> dict[str, Any]:
+    """Atomic checkpoint writes (`AtomicCheckpointIO`), unless the user's trainer config brings
+    its own plugins, which then decide how checkpoints are written."""
+    if trainer_cfg.get("plugins"):
+        log.info("trainer.plugins is set: checkpoints are written by those plugins")
+        return {}
+    return {"plugins": [AtomicCheckpointIO()]}
 
 
 def check_quantization_exportable(

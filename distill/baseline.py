@@ -17,6 +17,8 @@ from typing import Any
 from omegaconf import DictConfig, open_dict
 
 from distill.errors import ConfigError
+from distill.run_state import is_complete
+from distill.run_summary import read_summary
 from distill.validate import require_bool
 
 BASELINE_DIR = "baseline"
@@ -52,8 +54,16 @@ def baseline_config(cfg: DictConfig) -> DictConfig:
 
 
 def train_baseline(cfg: DictConfig, train: Callable[[DictConfig], dict[str, Any]]) -> dict:
-    """Train the labels-only student of `cfg` with `train` (the pipeline); its summary."""
-    return train(baseline_config(cfg))
+    """Train the labels-only student of `cfg` with `train` (the pipeline); its summary. A
+    resumed run reuses a baseline that finished and resumes one that did not."""
+    baseline = baseline_config(cfg)
+    run_dir = Path(baseline.paths.output_dir)
+    resuming = cfg.get("resume") is not None and run_dir.is_dir()
+    if resuming and is_complete(run_dir):
+        return read_summary(run_dir)
+    with open_dict(baseline):
+        baseline.resume = str(run_dir) if resuming else None
+    return train(baseline)
 
 
 def baseline_facts(run: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str, Any]:

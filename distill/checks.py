@@ -1,12 +1,11 @@
-"""Checks that run before any work: a fresh run directory, models that fit the data, an
-optimizer torch accepts."""
+"""Checks that run before any work: a resume checkpoint that loads, models that fit the data,
+an optimizer torch accepts."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import logging
-import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -15,36 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.cluster.requeue import hpc_checkpoints, requeued_checkpoint
 from distill.config import public_name
 from distill.data import ClassificationDataModule
 from distill.errors import ConfigError
 from distill.validate import require_int, require_positive
 
 log = logging.getLogger(__name__)
-
-
-def ensure_fresh_run_dir(run_dir: Path, environ: Mapping[str, str] | None = None) -> None:
-    """A run never writes into another run's directory, with one exception: a SLURM job that
-    was requeued (SLURM_RESTART_COUNT > 0 in `environ`, by default the process's) and finds
-    the hpc checkpoint Lightning saved before the requeue in its own directory, which the fit
-    then resumes from. A finished run (summary.json) is never resumed."""
-    finished = (run_dir / "summary.json").exists()
-    resumed = (
-        None
-        if finished
-        else requeued_checkpoint(run_dir, os.environ if environ is None else environ)
-    )
-    if resumed is not None:
-        log.info("Requeued SLURM job: resuming this run from %s", resumed)
-        return
-    if finished or any((run_dir / "checkpoints").glob("*.ckpt")) or hpc_checkpoints(run_dir):
-        raise ConfigError(
-            "hydra.run.dir",
-            str(run_dir),
-            "a directory that holds no earlier run (it has summary.json or checkpoints; only "
-            "a requeued SLURM job resumes in place, from its hpc_ckpt_*.ckpt)",
-        )
 
 
 RESUMABLE = "the path of a Lightning checkpoint of an earlier run of this recipe, or null"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
@@ -16,6 +17,22 @@ from distill.errors import ConfigError
 
 # Configs live at the repository's top level (conf/), next to the package of an editable install.
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_train(
+    overrides: Sequence[str], return_hydra_config: bool = False, placeholder: bool = True
+) -> DictConfig:
+    """conf/train.yaml with `overrides`, composed as distill-train would, outside its Hydra app.
+
+    The run directory (`${hydra:runtime.output_dir}`) exists only inside the app, so
+    `paths.output_dir` gets a placeholder, unless `placeholder=False` keeps the interpolation
+    (to compare with a config a run saved, which holds it unresolved).
+    """
+    unset = ["paths.output_dir=unset"] if placeholder else []
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(
+            "train", overrides=[*overrides, *unset], return_hydra_config=return_hydra_config
+        )
 
 
 def build(node: Any, field: str, expected: type | None = None, **kwargs: Any) -> Any:

@@ -26,6 +26,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); give it the mode open() would have.
+        os.chmod(tmp_name, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -36,6 +38,12 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
             os.unlink(tmp_name)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_json(path: str | Path, payload: Any) -> Path:

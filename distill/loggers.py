@@ -54,6 +54,12 @@ def wandb_logger(
             "wandb sync %s/wandb/offline-*",
             save_dir,
         )
+    previous = earlier_wandb_run_id(save_dir)
+    if previous is not None and "id" not in kwargs:
+        # Only a resume or a requeued job runs in a directory that already holds a W&B run:
+        # its curves continue under the same run instead of starting a second one.
+        log.info("Continuing the W&B run %s of this run directory", previous)
+        kwargs.update(id=previous, resume="allow")
     return WandbLogger(
         project=project,
         save_dir=save_dir,
@@ -62,3 +68,13 @@ def wandb_logger(
         mode=mode,
         **kwargs,
     )
+
+
+def earlier_wandb_run_id(save_dir: str | Path) -> str | None:
+    """The id of the newest W&B run under `save_dir/wandb` (wandb names its folders
+    `run-<date>_<time>-<id>` online and `offline-run-<date>_<time>-<id>` offline)."""
+    folders = [path for path in Path(save_dir, "wandb").glob("*run-*-*") if path.is_dir()]
+    if not folders:
+        return None
+    newest = max(folders, key=lambda path: (path.name.split("run-", 1)[1], path.name))
+    return newest.name.rsplit("-", 1)[1] or None

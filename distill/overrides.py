@@ -12,12 +12,11 @@ import difflib
 import re
 from collections.abc import Sequence
 
-from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 
-from distill.config import CONF_DIR
+from distill.config import CONF_DIR, compose_train
 from distill.errors import ConfigError
 
 _NOT_IN_STRUCT = re.compile(r"Could not override '([^']+)'")
@@ -36,8 +35,7 @@ def check_overrides_compose(arguments: Sequence[str]) -> None:
     if any(override.is_sweep_override() for override in overrides):
         return
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            compose("train", overrides=[*arguments, "paths.output_dir=unset"])
+        compose_train(arguments)
     except HydraException as error:
         message = str(error)
         if _MISSING_OPTION.search(message):
@@ -69,9 +67,7 @@ def _unknown_key(message: str, arguments: list[str]) -> ConfigError:
 
 
 def _known_keys() -> list[str]:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["paths.output_dir=unset"])
-    return sorted(_flatten(cfg))
+    return sorted(_flatten(compose_train([])))
 
 
 def _flatten(node: DictConfig, prefix: str = "") -> list[str]:

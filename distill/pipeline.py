@@ -17,16 +17,22 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import OmegaConf
 
 from distill.assembly import AssembledRun, assemble, check_run_settings
 from distill.baseline import baseline_facts, train_baseline, wants_baseline
-from distill.checks import ensure_fresh_run_dir, torch_threads
+from distill.checkpoint_io import CHECKPOINT_DIR
+from distill.checks import torch_threads
 from distill.cluster.requeue import retire_hpc_checkpoints
-from distill.deploy.artifacts import produce_artifacts
+from distill.deploy.artifacts import export_run, produce_artifacts
 from distill.deploy.run_dir import TrainedRun
+from distill.interruption import INTERRUPTED_CHECKPOINT, Interruption
+from distill.resume import resume_point
 from distill.run_outputs import best_checkpoint_to_test, save_student, sparsity_facts, student_facts
-from distill.run_summary import RunSummary, check_metric_key
+from distill.run_progress import Progress, export_status, recorded
+from distill.run_state import ensure_fresh_run_dir
+from distill.run_summary import RunSummary, check_metric_key, read_summary
 from distill.summary import print_summary
 from distill.teachers import (
     cached_teacher_outputs,
@@ -54,16 +60,38 @@ def train(cfg: Any, overrides: Sequence[str] = ()) -> dict[str, Any]:
 
 
 def _run(cfg: Any, overrides: Sequence[str]) -> dict[str, Any]:
-    timing = Stopwatch()
     run_dir = Path(cfg.paths.output_dir)
+    resume = resume_point(cfg, run_dir)
     check_run_settings(cfg, overrides)
-    ensure_fresh_run_dir(run_dir)
+    if resume is None:
+        ensure_fresh_run_dir(run_dir)
+    if resume is not None and resume.export_only:
+        return _export_only(cfg, run_dir)
     pl.seed_everything(cfg.seed, workers=True)
     run = assemble(cfg)
     check_metric_key(cfg.get("optimized_metric"), run.exports)
-    # Before this run's teacher and fit, which reseed: the run is the same with or without.
-    baseline = train_baseline(cfg, train) if wants_baseline(cfg, run.teacher is not None) else None
+    interruption = Interruption()
+    with interruption.installed(slurm_requeue(run.trainer)), recorded(run_dir) as progress:
+        return _train_and_export(run, cfg, overrides, interruption, progress)
 
+
+def _train_and_export(
+    run: AssembledRun,
+    cfg: Any,
+    overrides: Sequence[str],
+    interruption: Interruption,
+    progress: Progress,
+) -> dict[str, Any]:
+    timing = Stopwatch()
+    run_dir = Path(cfg.paths.output_dir)
+    # Before this run's teacher and fit, which reseed: the run is the same with or without.
+    if wants_baseline(cfg, run.teacher is not None):
+        progress.stage("baseline")
+        baseline = train_baseline(cfg, train)
+    else:
+        baseline = None
+
+    progress.stage("teacher")
     with timing("teacher_s"):
         teacher = provide_teacher(run)
     cache_facts = use_teacher_output_cache(run)
@@ -71,14 +99,26 @@ def _run(cfg: Any, overrides: Sequence[str]) -> dict[str, Any]:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     # Reseed so the student's run is the same whether the teacher was trained or cached.
     pl.seed_everything(cfg.seed, workers=True)
-    with timing("fit_s"):
-        run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=cfg.get("ckpt_path"))
+    progress.stage("fit")
+    with timing("fit_s"), interruption.fitting(run.trainer):
+        run.trainer.fit(
+            run.module,
+            datamodule=run.datamodule,
+            ckpt_path=cfg.get("ckpt_path"),
+            weights_only=True,  # a checkpoint holds tensors and plain state, never code
+        )
     # A fit resumed after a SLURM requeue is done with its hpc checkpoints; under SLURM the
     # test below would otherwise load them instead of the trained weights.
     retire_hpc_checkpoints(run.trainer, run_dir)
+    # Likewise a stop's checkpoint, once the fit it was saved for has ended.
+    (run_dir / CHECKPOINT_DIR / INTERRUPTED_CHECKPOINT).unlink(missing_ok=True)
+    progress.stage("test")
     with timing("test_s"):
         (results,) = run.trainer.test(
-            run.module, datamodule=run.datamodule, ckpt_path=best_checkpoint_to_test(run)
+            run.module,
+            datamodule=run.datamodule,
+            ckpt_path=best_checkpoint_to_test(run),
+            weights_only=True,
         )
     if not run.trainer.is_global_zero:
         return {}
@@ -107,14 +147,18 @@ def _run(cfg: Any, overrides: Sequence[str]) -> dict[str, Any]:
     )
     summary.timing.update(teacher_cache=cache_facts, epochs=run.trainer.current_epoch)
     summary.quantization = quantization.describe() if quantization is not None else None
+    progress.stage("export")
     try:
         if run.exports:
             with timing("export_s"):
                 repeats = cfg.get("export_latency_repeats", 20)
                 entries, summary.deployment = produce_artifacts(trained, run_dir, repeats)
             summary.artifacts.update(entries)
+    except BaseException as error:
+        # The trained run is kept, and says that its export is missing and why.
+        summary.status = export_status(error)
+        raise
     finally:
-        # A failed export keeps the trained run, whose summary then lists no export.
         if baseline is not None:
             summary.baseline = baseline_facts(summary.to_dict(), baseline)
         summary.timing["total_s"] = timing.total()
@@ -123,6 +167,23 @@ def _run(cfg: Any, overrides: Sequence[str]) -> dict[str, Any]:
         log.info("fast_dev_run: a smoke test, so no deployment export (export=true ignored)")
     print_summary(summary.to_dict())
     return summary.to_dict()
+
+
+def _export_only(cfg: Any, run_dir: Path) -> dict[str, Any]:
+    """A resumed run whose training and test finished: only its export is redone."""
+    interruption = Interruption()
+    with interruption.installed(slurm_requeue=False), recorded(run_dir) as progress:
+        progress.stage("export")
+        export_run(run_dir, latency_repeats=cfg.get("export_latency_repeats", 20))
+    summary = read_summary(run_dir)
+    print_summary(summary)
+    return summary
+
+
+def slurm_requeue(trainer: pl.Trainer) -> bool:
+    """Whether Lightning requeues this run itself on SIGUSR1 (SLURM, auto-requeue on)."""
+    environment = trainer._accelerator_connector.cluster_environment
+    return isinstance(environment, SLURMEnvironment) and bool(environment.auto_requeue)
 
 
 def provide_teacher(run: AssembledRun) -> dict[str, Any] | None:

@@ -17,12 +17,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from distill.assembly import assemble
 from distill.checks import torch_threads
-from distill.config import CONF_DIR
+from distill.config import compose_train
 from distill.errors import ConfigError
 from distill.recipe import RECIPES_DIR, Recipe, find_recipe, read_recipe
 from distill.reproduce import check_expected_keys, compare, write_reproduction
@@ -79,7 +78,4 @@ def reproduce(name_or_path: str, quick: bool, overrides: Sequence[str]) -> dict[
 
 
 def _compose(overrides: Sequence[str]) -> DictConfig:
-    # ${hydra:runtime.output_dir} exists only inside a Hydra app: a placeholder until the run
-    # directory is known.
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=[*overrides, "paths.output_dir=unset"])
+    return compose_train(overrides)

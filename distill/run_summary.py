@@ -36,9 +36,12 @@ class RunSummary:
     deployment: list[dict[str, Any]] | None = None
     # The labels-only student's numbers and the KD gain (`baseline=true`, distill/baseline.py).
     baseline: dict[str, Any] | None = None
+    # complete, or export_failed / export_interrupted: trained and tested, export missing.
+    status: str = "complete"
 
     def to_dict(self) -> dict[str, Any]:
         summary: dict[str, Any] = {
+            "status": self.status,
             "seed": self.seed,
             "output_dir": self.output_dir,
             "data": self.data,

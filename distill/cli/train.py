@@ -10,17 +10,24 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from distill.config import CONF_DIR
+from distill.config import CONF_DIR, compose_train
 from distill.errors import ConfigError, ExportError
+from distill.run_dir_guard import RunDirGuard
 
 log = logging.getLogger("distill")
+
+# The run directory main() resolved and checked before Hydra's app made it (None for a
+# multirun): a run refused in the task removes it again, so a refusal leaves nothing behind.
+_run_dir_guard: RunDirGuard | None = None
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _train(cfg: DictConfig) -> float | None:
     """The Hydra task: run the recipe, return its `optimized_metric` (what sweepers optimize)."""
     # Imported here so that `--help` and `--cfg job` answer without loading torch.
+    from distill.interruption import RunInterrupted, signal_name
     from distill.pipeline import train
+    from distill.run_state import resume_command
     from distill.run_summary import metric
     from distill.teachers import MissingTeacherError
 
@@ -33,7 +40,17 @@ def _train(cfg: DictConfig) -> float | None:
         sys.exit(2)
     except ConfigError as error:
         log.error("Configuration error: %s", error)
+        if _run_dir_guard is not None and _run_dir_guard.discard_if_untouched():
+            log.info("Nothing was run; %s removed", _run_dir_guard.path)
         sys.exit(2)
+    except RunInterrupted as interrupted:
+        run_dir = cfg.paths.output_dir
+        log.error(
+            "Interrupted by %s; continue with: %s",
+            signal_name(interrupted.signum),
+            resume_command(run_dir),
+        )
+        sys.exit(interrupted.exit_status)
     except ExportError as error:
         # Training finished and its outputs are kept; only the export is missing.
         log.error("Export failed, no deployment artifact was kept: %s", error)
@@ -81,16 +98,35 @@ def main() -> None:
         sys.exit(
             f"distill-train: no configs at {CONF_DIR}; install from a clone with pip install -e ."
         )
-    from distill.overrides import check_overrides_compose
-    from distill.recipe import check_recipe_overrides
-
+    global _run_dir_guard
     try:
-        check_recipe_overrides(sys.argv[1:])
-        check_overrides_compose(sys.argv[1:])
+        arguments, _run_dir_guard = prepare_arguments(sys.argv[1:])
     except ConfigError as error:
         print(f"distill-train: {error}", file=sys.stderr)
         sys.exit(2)
+    sys.argv = [sys.argv[0], *arguments]
     _train()
+
+
+def prepare_arguments(arguments: list[str]) -> tuple[list[str], RunDirGuard | None]:
+    """Everything checked before Hydra's app writes a file: the overrides compose, a resume's
+    run and config are its own, the run directory holds no other run. Returns the command line
+    Hydra gets (a resume's saved overrides; the run directory pinned) and the directory."""
+    from distill.overrides import check_overrides_compose
+    from distill.recipe import check_recipe_overrides
+    from distill.resume import check_config_unchanged, resume_arguments, resume_target
+
+    resuming = resume_target(arguments) is not None
+    if resuming:
+        arguments = resume_arguments(arguments)
+    check_recipe_overrides(arguments)
+    check_overrides_compose(arguments)
+    guard = RunDirGuard.plan(arguments, resuming=resuming)
+    if resuming and guard is not None:
+        check_config_unchanged(compose_train(arguments, placeholder=False), guard.path)
+    if guard is not None and not any(a.startswith("hydra.run.dir=") for a in arguments):
+        arguments = [*arguments, guard.pinned]
+    return arguments, guard
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ claims to be complete.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import shutil
@@ -56,7 +57,9 @@ from distill.deploy.onnx_runtime import (
 from distill.deploy.report import write_report
 from distill.deploy.run_dir import TrainedRun, load_trained_run
 from distill.deploy.slim import SlimReport, remove_zero_channels
-from distill.files import atomic_write_json
+from distill.errors import ConfigError
+from distill.files import atomic_write_json, exclusive_lock
+from distill.run_state import read_state, write_state
 from distill.run_summary import SUMMARY_FILE, read_summary
 from distill.summary import count_parameters
 
@@ -79,7 +82,11 @@ def export_run(run_dir: str | Path, latency_repeats: int = 20) -> Entries:
     entries, rows = produce_artifacts(load_trained_run(run_dir), run_dir, latency_repeats)
     summary = read_summary(run_dir)
     merge_into_summary(summary, entries, rows)
+    # A run whose export had failed or been interrupted is complete once this one is done.
+    summary["status"] = "complete"
     atomic_write_json(run_dir / SUMMARY_FILE, summary)
+    if read_state(run_dir) is not None:
+        write_state(run_dir, "complete", "done")
     return entries
 
 
@@ -99,17 +106,46 @@ def produce_artifacts(
     if run.quantization is not None:
         run.quantization.check_exportable()
     check_fits_data(run.student, run.datamodule, "student")
-    staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=".export-"))
-    try:
-        context = ExportContext.of(run, staging, latency_repeats)
-        for builder in BUILDERS:
-            builder(context)
-        _publish(staging, run_dir / EXPORT_DIR)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with _export_lock(run_dir):
+        for stale in remove_stale_staging(run_dir):
+            log.info("Removed %s, left by an export that was killed", stale)
+        staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=STAGING_PREFIX))
+        try:
+            context = ExportContext.of(run, staging, latency_repeats)
+            for builder in BUILDERS:
+                builder(context)
+            _publish(staging, run_dir / EXPORT_DIR)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     for entry in context.entries.values():
         entry["path"] = f"{EXPORT_DIR}/{entry['path']}"
     return context.entries, context.rows
+
+
+# Staging directories (and the previous export while it is swapped out) start with this.
+STAGING_PREFIX = ".export-"
+EXPORT_LOCK = ".export.lock"
+
+
+@contextlib.contextmanager
+def _export_lock(run_dir: Path) -> Iterator[None]:
+    """One export of a run at a time: with the lock held, any staging directory is stale."""
+    try:
+        with exclusive_lock(run_dir / EXPORT_LOCK, wait=False):
+            yield
+    except BlockingIOError:
+        raise ConfigError(
+            "run_dir", str(run_dir), "a run no other export is working on right now"
+        ) from None
+
+
+def remove_stale_staging(run_dir: Path) -> list[Path]:
+    """Delete what a killed export left: its staging directory, or the previous export it
+    was swapping out (`.export-old`)."""
+    stale = [path for path in run_dir.glob(f"{STAGING_PREFIX}*") if path.is_dir()]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 @dataclass

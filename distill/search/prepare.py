@@ -17,13 +17,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from distill.assembly import assemble, check_run_settings
 from distill.checks import torch_threads
-from distill.config import CONF_DIR
+from distill.config import compose_train
 from distill.errors import ConfigError
 from distill.reproduce import missing_metric_hint, summary_metric_keys
 from distill.search.settings import SearchSettings
@@ -102,12 +101,7 @@ def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str], lis
 def compose_run(overrides: Sequence[str], return_hydra_config: bool = False) -> DictConfig:
     """conf/train.yaml with `overrides`, as distill-train would compose it (output dir unset)."""
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(
-                "train",
-                overrides=[*overrides, "paths.output_dir=unset"],
-                return_hydra_config=return_hydra_config,
-            )
+        return compose_train(overrides, return_hydra_config)
     except HydraException as error:
         raise ConfigError(
             "overrides", list(overrides), f"overrides Hydra accepts ({error})"

@@ -18,7 +18,7 @@ from distill.sweep_report.labels import common_overrides
 from distill.sweep_report.markdown import render_markdown
 from distill.sweep_report.pareto import front_steps, pareto_front
 from distill.sweep_report.rows import artifact_names, build_rows, choose_artifact, to_csv
-from distill.sweep_report.runs import FAILED, FINISHED, NO_SUMMARY, Run, find_runs
+from distill.sweep_report.runs import FAILED, FINISHED, INTERRUPTED, NO_SUMMARY, Run, find_runs
 
 REPORT_MD = "report.md"
 REPORT_CSV = "report.csv"
@@ -26,6 +26,7 @@ REPORT_CSV = "report.csv"
 __all__ = [
     "FAILED",
     "FINISHED",
+    "INTERRUPTED",
     "NO_SUMMARY",
     "Run",
     "SweepReport",

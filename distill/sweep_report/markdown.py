@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from distill.sweep_report.charts import CHARTS
-from distill.sweep_report.runs import FAILED, FINISHED, NO_SUMMARY
+from distill.sweep_report.runs import FAILED, FINISHED, INTERRUPTED, NO_SUMMARY
 
 
 def render_markdown(
@@ -15,7 +15,7 @@ def render_markdown(
     """The report's text; `root` is the folder searched, `common` the overrides all runs share."""
     counts = {
         status: sum(row["status"] == status for row in rows)
-        for status in (FINISHED, FAILED, NO_SUMMARY)
+        for status in (FINISHED, FAILED, INTERRUPTED, NO_SUMMARY)
     }
     name = artifact or "-"
     lines = [
@@ -23,7 +23,8 @@ def render_markdown(
         "",
         f"{len(rows)} run{'' if len(rows) == 1 else 's'}: {counts[FINISHED]} finished, "
         f"{counts[FAILED]} failed, "
-        f"{counts[NO_SUMMARY]} without a summary (running or killed).",
+        + (f"{counts[INTERRUPTED]} interrupted, " if counts[INTERRUPTED] else "")
+        + f"{counts[NO_SUMMARY]} without a summary (running or killed).",
         "",
     ]
     if common:
@@ -83,6 +84,11 @@ def render_markdown(
                 *_block(row["error"]),
                 "",
             ]
+    interrupted = [row for row in rows if row["status"] == INTERRUPTED]
+    if interrupted:
+        lines += ["## Interrupted runs", ""]
+        lines += [f"- `{row['run_dir']}`: {_cell(row['error'])}" for row in interrupted]
+        lines.append("")
     waiting = [row for row in rows if row["status"] == NO_SUMMARY]
     if waiting:
         lines += ["## Runs without a summary", ""]

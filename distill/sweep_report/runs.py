@@ -18,10 +18,12 @@ from typing import Any
 
 import yaml
 
+from distill.run_state import read_state
 from distill.run_summary import SUMMARY_FILE
 
 FINISHED = "ok"
 FAILED = "failed"
+INTERRUPTED = "interrupted"
 NO_SUMMARY = "no summary (running or killed)"
 
 # An error is the end of a traceback, not the whole of one: the last lines name the exception.
@@ -43,7 +45,7 @@ class Run:
     path: Path
     rel: str  # relative to the folder searched, POSIX-style ("." for that folder itself)
     overrides: tuple[str, ...]
-    status: str  # FINISHED, FAILED or NO_SUMMARY
+    status: str  # FINISHED, FAILED, INTERRUPTED or NO_SUMMARY
     summary: dict[str, Any] | None
     error: str | None
 
@@ -67,6 +69,10 @@ def read_run(path: Path, root: Path) -> Run:
     """The run at `path`, found under `root` (where its sweep's .submitit/ may be)."""
     rel = path.relative_to(root).as_posix() or "."
     overrides = _overrides(path)
+    state = read_state(path)
+    if state is not None and state["state"] == "interrupted":
+        said = f"interrupted by {state.get('signal')} during {state['stage']}"
+        return Run(path, rel, overrides, INTERRUPTED, None, f"{said}; {state.get('resume')}")
     summary_path = path / SUMMARY_FILE
     if summary_path.is_file():
         try:
@@ -74,6 +80,10 @@ def read_run(path: Path, root: Path) -> Run:
         except (OSError, ValueError) as unreadable:
             message = f"{SUMMARY_FILE} is unreadable: {unreadable}"
             return Run(path, rel, overrides, FAILED, None, message)
+        if isinstance(summary, dict) and summary.get("status", "complete") != "complete":
+            # Trained and tested, but its export failed: the job log says why.
+            why = _job_error(path, root) or f"status {summary['status']}"
+            return Run(path, rel, overrides, FAILED, None, why)
         if isinstance(summary, dict):
             return Run(path, rel, overrides, FINISHED, summary, None)
         return Run(path, rel, overrides, FAILED, None, f"{SUMMARY_FILE} is not a JSON object")

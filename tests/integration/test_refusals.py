@@ -1,7 +1,7 @@
 """`distill-train` refuses a bad setting before any work: exit 2, one message that names the
-field, the bad value and what is allowed, no traceback, and nothing written but what Hydra
-itself writes before the task starts (`.hydra/` and the job log): no teacher trained or
-cached, no checkpoint, no student, no summary.
+field, the bad value and what is allowed, no traceback, and no run directory left behind (Hydra
+makes it before the task starts; a refused run removes it again): no teacher trained or cached,
+no checkpoint, no student, no summary.
 
 One row per setting; each runs the real entry point (`distill.cli.train.main`) in-process on
 the tiny digits recipe, so a row that stopped being refused would train for a few seconds
@@ -109,8 +109,6 @@ REFUSALS = {
     ),
 }
 
-HYDRA_OWN = {".hydra", "train.log"}
-
 
 def checkpoint_files(folder: Path) -> None:
     """Files a resume must refuse: empty, not a pickle, and a bare state_dict (weights only,
@@ -144,7 +142,7 @@ def test_refused_before_any_work(overrides, message, tmp_path, monkeypatch, caps
     assert f"Configuration error: {message}: " in output, output[-3000:]
     assert "Traceback" not in output
     assert output.count("Configuration error") == 1
-    assert {path.name for path in run_dir.iterdir()} <= HYDRA_OWN
+    assert not run_dir.exists()  # Hydra made it for the task; the refusal took it back
     assert not cache_dir.exists() or not any(cache_dir.iterdir())
 
 

@@ -16,7 +16,6 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf
 from pytorch_lightning.plugins.environments import LightningEnvironment, SLURMEnvironment
 
-from distill.checks import ensure_fresh_run_dir
 from distill.cli.train import CONF_DIR
 from distill.cluster import (
     SLURM_LAUNCHER,
@@ -27,6 +26,7 @@ from distill.cluster import (
 )
 from distill.config import build
 from distill.errors import ConfigError
+from distill.run_state import ensure_fresh_run_dir
 from distill.teachers import (
     MissingTeacherError,
     build_teachers,

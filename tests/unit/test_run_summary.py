@@ -28,6 +28,7 @@ def test_sections_keep_their_order_and_optional_ones_are_absent(tmp_path):
     written = _summary().write(tmp_path)
     loaded = json.loads(written.read_text())
     assert list(loaded) == [
+        "status",
         "seed",
         "output_dir",
         "data",

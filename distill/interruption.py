@@ -1,0 +1,145 @@
+"""SIGTERM and SIGUSR1 end a run with a checkpoint at the current step, its state recorded as
+interrupted, and a non-zero exit status: a scheduler that preempts a run must not record it as
+a success, and the run must be resumable in place (`distill-train resume=RUN_DIR`).
+
+Lightning, during a fit, turns SIGTERM into a `SIGTERMException` at the next step boundary
+(the step in flight finishes, so the state is consistent) and the process then exits with
+status 0: the exception is a `SystemExit` without a code. Here:
+- while the student trains, either signal asks the trainer to stop at the next boundary, where
+  `InterruptCheckpoint` saves `checkpoints/interrupted.ckpt` (at the end of the last finished
+  step, the point Lightning's step checkpoints resume from exactly);
+- anywhere else (the teacher's training, the test, the export) there is no student step to
+  finish, so the signal raises `RunInterrupted` at once;
+- under SLURM with Lightning's auto-requeue, SIGUSR1 stays Lightning's (it saves an hpc
+  checkpoint and requeues the job; SLURM's SIGTERM that follows ends it as above).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytorch_lightning as pl
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED_CHECKPOINT = "interrupted.ckpt"
+
+
+class RunInterrupted(Exception):
+    """The run was told to stop by a signal; it saved what it could."""
+
+    def __init__(self, signum: int, checkpoint: Path | None = None) -> None:
+        self.signum = signum
+        self.checkpoint = checkpoint
+        super().__init__(f"interrupted by {signal_name(signum)}")
+
+    @property
+    def exit_status(self) -> int:
+        # The shell's status for "ended by signal N", so schedulers and scripts see the cause.
+        return 128 + self.signum
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class Interruption:
+    """The signals a run handles, and what each does at the moment it arrives."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.fit_trainer: pl.Trainer | None = None  # the student's trainer, while it fits
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        first = self.signum is None
+        self.signum = signum
+        if self.fit_trainer is not None:
+            if first:
+                log.warning("%s: stopping after the current step", signal_name(signum))
+            # Lightning sets this itself for SIGTERM; SIGUSR1 gets the same treatment.
+            self.fit_trainer._signal_connector.received_sigterm = True
+            return
+        if first:
+            raise RunInterrupted(signum)
+
+    @contextlib.contextmanager
+    def fitting(self, trainer: pl.Trainer) -> Iterator[None]:
+        """While the student trains: stop at the next step boundary, with a checkpoint."""
+        self.fit_trainer = trainer
+        try:
+            yield
+        except SystemExit as error:  # Lightning's SIGTERMException, status 0
+            if self.signum is None:
+                raise
+            raise RunInterrupted(self.signum, interrupted_checkpoint(trainer)) from error
+        finally:
+            self.fit_trainer = None
+        if self.signum is not None:  # arrived after the last step: the fit is complete
+            raise RunInterrupted(self.signum)
+
+    @contextlib.contextmanager
+    def installed(self, slurm_requeue: bool) -> Iterator[Interruption]:
+        """Handle SIGTERM and SIGUSR1 (not SIGUSR1 under Lightning's SLURM auto-requeue, which
+        registers its own only where none is set) for the duration of the run."""
+        signums = [signal.SIGTERM] if slurm_requeue else [signal.SIGTERM, signal.SIGUSR1]
+        previous = {signum: signal.getsignal(signum) for signum in signums}
+        for signum in signums:
+            signal.signal(signum, self.handle)
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def interrupted_checkpoint(trainer: pl.Trainer) -> Path | None:
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
+        if isinstance(callback, InterruptCheckpoint) and callback.saved is not None:
+            return callback.saved
+    return None
+
+
+class InterruptCheckpoint(pl.Callback):
+    """Saves `<dirpath>/interrupted.ckpt` when the trainer was told to stop (SIGTERM, SIGUSR1).
+
+    At the end of a training step, where step checkpoints are taken (resuming from there is
+    exact); if the stop comes elsewhere (validation, between epochs), when Lightning raises it.
+    Attached after the pruning and quantization callbacks, so their step is done. Not a
+    Lightning `Checkpoint`: one of those would stand in for the ModelCheckpoint Lightning adds
+    to a run configured without one.
+    """
+
+    def __init__(self, dirpath: str | Path) -> None:
+        self.dirpath = Path(dirpath)
+        self.saved: Path | None = None
+        self._saved_step: int | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.dirpath / INTERRUPTED_CHECKPOINT
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.received_sigterm:
+            self._save(trainer)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if trainer.received_sigterm:
+            self._save(trainer)
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        if self._saved_step == trainer.global_step:
+            return
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full state
+        self.saved, self._saved_step = self.path, trainer.global_step
+        log.warning("Saved %s at step %d", self.path, trainer.global_step)

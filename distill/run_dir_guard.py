@@ -1,0 +1,77 @@
+"""The run directory, decided and checked before Hydra writes anything into it.
+
+Hydra's app writes `.hydra/` (config, overrides) and starts the job log in the run directory
+before the task runs, so a check in the task comes too late: pointing `hydra.run.dir` at an
+earlier run would rewrite that run's saved config. Here the directory is resolved first
+(timestamps included), refused if it holds a run that is not being resumed, and pinned on the
+command line so Hydra uses exactly that one. A run refused later, in the task, leaves no
+directory behind when it was the one that made it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from distill.config import compose_train
+from distill.run_state import ensure_fresh_run_dir
+
+# What Hydra's app writes before the task starts.
+HYDRA_OWN = frozenset({".hydra", "train.log"})
+
+
+def single_run(arguments: Sequence[str]) -> bool:
+    """Whether `arguments` start one run (not a multirun, a sweep, --help or --cfg)."""
+    if any(argument.startswith("-") for argument in arguments):
+        return False
+    try:
+        overrides = OverridesParser.create().parse_overrides(list(arguments))
+    except HydraException:
+        return False  # Hydra's own parse error says where the grammar broke
+    return not any(override.is_sweep_override() for override in overrides)
+
+
+@dataclass(frozen=True)
+class RunDirGuard:
+    """The run directory of one run, and whether this process made it."""
+
+    path: Path
+    existed: bool
+
+    @classmethod
+    def plan(cls, arguments: Sequence[str], resuming: bool = False) -> RunDirGuard | None:
+        """Resolve and check the run directory of `arguments`; None when Hydra must decide it
+        (a multirun, or a directory named through `${hydra:...}`, which only the app knows)."""
+        if not single_run(arguments):
+            return None
+        cfg = compose_train(arguments, return_hydra_config=True)
+        try:
+            resolved = OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=True)
+        except OmegaConfBaseException:
+            return None
+        path = Path(str(resolved))
+        if not resuming:
+            ensure_fresh_run_dir(path)
+        return cls(path, path.exists())
+
+    @property
+    def pinned(self) -> str:
+        """The override that makes Hydra use this directory (the resolved timestamp)."""
+        return f"hydra.run.dir={self.path}"
+
+    def discard_if_untouched(self) -> bool:
+        """After a refusal: remove the directory if this run made it and only Hydra wrote into
+        it (its `.hydra/` and the job log). True when it was removed."""
+        if self.existed or not self.path.is_dir():
+            return False
+        if not {child.name for child in self.path.iterdir()} <= HYDRA_OWN:
+            return False
+        shutil.rmtree(self.path)
+        return True

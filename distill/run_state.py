@@ -1,0 +1,102 @@
+"""A run directory's state, in `status.json`: what a scheduler, a report or a resume reads to
+know whether the run finished.
+
+`summary.json` says what a run measured; it is written when training is done, also when the
+export after it then fails or is interrupted, so its presence alone never meant "complete".
+`status.json` is written (atomically) when the run starts and at every change of stage, so a
+run killed by anything but SIGKILL says where it stopped and how to continue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from distill.cluster.requeue import hpc_checkpoints, requeued_checkpoint
+from distill.errors import ConfigError
+from distill.files import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE = "status.json"
+STATES = ("running", "interrupted", "failed", "complete")
+# The stages of a run, in order; `export` comes after `summary.json` is first written.
+STAGES = ("setup", "baseline", "teacher", "fit", "test", "export", "done")
+
+
+def resume_command(run_dir: Path) -> str:
+    return shlex.join(["distill-train", f"resume={run_dir}"])
+
+
+def write_state(run_dir: Path, state: str, stage: str, **facts: Any) -> dict[str, Any]:
+    """Record `state` at `stage` (plus facts: the signal, the checkpoint, the error)."""
+    if state not in STATES or stage not in STAGES:
+        raise ValueError(f"unknown run state {state!r} at stage {stage!r}")
+    payload: dict[str, Any] = {"state": state, "stage": stage, **facts}
+    if state in ("interrupted", "failed"):
+        payload["resume"] = resume_command(run_dir)
+    payload["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    atomic_write_json(Path(run_dir) / STATUS_FILE, payload)
+    return payload
+
+
+def read_state(run_dir: Path) -> dict[str, Any] | None:
+    """The run's recorded state; None when it has none (not a run, or one from before
+    status.json existed: then a summary.json means it finished)."""
+    path = Path(run_dir) / STATUS_FILE
+    try:
+        state = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return state if isinstance(state, dict) and state.get("state") in STATES else None
+
+
+def is_complete(run_dir: Path) -> bool:
+    """Whether the run in `run_dir` finished everything it was asked to do."""
+    state = read_state(run_dir)
+    if state is None:
+        return (Path(run_dir) / "summary.json").is_file()
+    return bool(state["state"] == "complete")
+
+
+def ensure_fresh_run_dir(run_dir: Path, environ: Mapping[str, str] | None = None) -> None:
+    """A run never writes into another run's directory, with two exceptions: a resume
+    (`resume=RUN_DIR`, which does not call this), and a SLURM job that was requeued
+    (SLURM_RESTART_COUNT > 0 in `environ`, by default the process's) and finds the hpc
+    checkpoint Lightning saved before the requeue in its own directory, which the fit then
+    resumes from. A finished run is never resumed."""
+    finished = is_complete(run_dir)
+    resumed = (
+        None
+        if finished
+        else requeued_checkpoint(run_dir, os.environ if environ is None else environ)
+    )
+    if resumed is not None:
+        log.info("Requeued SLURM job: resuming this run from %s", resumed)
+        return
+    if finished or holds_run(run_dir):
+        raise ConfigError("hydra.run.dir", str(run_dir), fresh_dir_hint(run_dir, finished))
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether `run_dir` holds (part of) an earlier run: its state, summary or checkpoints."""
+    return (
+        (run_dir / STATUS_FILE).exists()
+        or (run_dir / "summary.json").exists()
+        or any((run_dir / "checkpoints").glob("*.ckpt"))
+        or bool(hpc_checkpoints(run_dir))
+    )
+
+
+def fresh_dir_hint(run_dir: Path, finished: bool) -> str:
+    allowed = "a directory that holds no earlier run"
+    if finished:
+        return f"{allowed} (this one holds a finished run)"
+    resume = resume_command(run_dir)
+    return f"{allowed} (this one holds an unfinished run: continue it with {resume})"
