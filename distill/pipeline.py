@@ -28,10 +28,10 @@ from distill.cluster.requeue import retire_hpc_checkpoints
 from distill.deploy.artifacts import export_run, produce_artifacts
 from distill.deploy.run_dir import TrainedRun
 from distill.interruption import INTERRUPTED_CHECKPOINT, Interruption
-from distill.resume import resume_point
+from distill.resume import fit_checkpoint, resume_point
 from distill.run_outputs import best_checkpoint_to_test, save_student, sparsity_facts, student_facts
 from distill.run_progress import Progress, export_status, recorded
-from distill.run_state import ensure_fresh_run_dir
+from distill.run_state import ensure_fresh_run_dir, requeued_into
 from distill.run_summary import RunSummary, check_metric_key, read_summary
 from distill.summary import print_summary
 from distill.teachers import (
@@ -61,7 +61,7 @@ def train(cfg: Any, overrides: Sequence[str] = ()) -> dict[str, Any]:
 
 def _run(cfg: Any, overrides: Sequence[str]) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
-    resume = resume_point(cfg, run_dir)
+    resume = resume_point(cfg, run_dir, requeued=requeued_into(run_dir))
     check_run_settings(cfg, overrides)
     if resume is None:
         ensure_fresh_run_dir(run_dir)
@@ -71,17 +71,17 @@ def _run(cfg: Any, overrides: Sequence[str]) -> dict[str, Any]:
     run = assemble(cfg)
     check_metric_key(cfg.get("optimized_metric"), run.exports)
     interruption = Interruption()
+    fit_from = fit_checkpoint(cfg, resume)
     with interruption.installed(slurm_requeue(run.trainer)), recorded(run_dir) as progress:
-        return _train_and_export(run, cfg, overrides, interruption, progress)
+        return _train_and_export(run, fit_from, interruption, progress)
 
 
 def _train_and_export(
-    run: AssembledRun,
-    cfg: Any,
-    overrides: Sequence[str],
-    interruption: Interruption,
-    progress: Progress,
+    run: AssembledRun, fit_from: str | None, interruption: Interruption, progress: Progress
 ) -> dict[str, Any]:
+    """Teacher, fit (from `fit_from`: a checkpoint, or None for the start), test, student files,
+    summary.json, export: the run's work, its stages recorded in `progress`."""
+    cfg = run.cfg
     timing = Stopwatch()
     run_dir = Path(cfg.paths.output_dir)
     # Before this run's teacher and fit, which reseed: the run is the same with or without.
@@ -104,7 +104,7 @@ def _train_and_export(
         run.trainer.fit(
             run.module,
             datamodule=run.datamodule,
-            ckpt_path=cfg.get("ckpt_path"),
+            ckpt_path=fit_from,
             weights_only=True,  # a checkpoint holds tensors and plain state, never code
         )
     # A fit resumed after a SLURM requeue is done with its hpc checkpoints; under SLURM the

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from distill.checkpoint_io import newest_valid_checkpoint, remove_partial_writes
 from distill.errors import ConfigError
@@ -25,8 +25,6 @@ from distill.run_state import read_state
 log = logging.getLogger(__name__)
 
 RESUME_KEY = "resume"
-# Settings a resume takes from the run itself, never from the command line.
-_RESET = (f"{RESUME_KEY}=", "ckpt_path=")
 SAVED_OVERRIDES = Path(".hydra") / "overrides.yaml"
 SAVED_CONFIG = Path(".hydra") / "config.yaml"
 
@@ -59,7 +57,7 @@ def resume_arguments(arguments: Sequence[str]) -> list[str]:
     overrides = OmegaConf.load(saved)
     if not isinstance(overrides, Sequence):
         raise ConfigError(RESUME_KEY, target, f"a run whose {SAVED_OVERRIDES} is a list")
-    own = [str(o) for o in overrides if not str(o).startswith(_RESET)]
+    own = [str(o) for o in overrides if not str(o).startswith(f"{RESUME_KEY}=")]
     return [*own, f"{RESUME_KEY}={run_dir}", f"hydra.run.dir={run_dir}"]
 
 
@@ -83,7 +81,6 @@ def check_config_unchanged(composed: DictConfig, run_dir: Path) -> None:
     for container in (ours, theirs):
         assert isinstance(container, dict)
         container.pop(RESUME_KEY, None)
-        container.pop("ckpt_path", None)
     difference = first_difference(theirs, ours)
     if difference is not None:
         key, before, now = difference
@@ -109,27 +106,34 @@ def first_difference(before: Any, now: Any, prefix: str = "") -> tuple[str, Any,
 
 @dataclass(frozen=True)
 class ResumePoint:
-    """Where a resumed run continues: a checkpoint (None: from the start), or the export."""
+    """Where a resumed run continues: its newest checkpoint (None: none was saved, so from
+    where it first started), or only the export."""
 
     checkpoint: Path | None
     export_only: bool = False
 
 
-def resume_point(cfg: DictConfig, run_dir: Path) -> ResumePoint | None:
-    """For a run with `resume` set, where it continues (and `ckpt_path` set to it); None for a
-    run that is not a resume."""
+def fit_checkpoint(cfg: DictConfig, resume: ResumePoint | None) -> str | None:
+    """What the fit starts from: a resumed run's own newest checkpoint, else the run's
+    `ckpt_path` (null: from scratch)."""
+    if resume is not None and resume.checkpoint is not None:
+        return str(resume.checkpoint)
+    ckpt_path = cfg.get("ckpt_path")
+    return None if ckpt_path is None else str(ckpt_path)
+
+
+def resume_point(cfg: DictConfig, run_dir: Path, requeued: bool = False) -> ResumePoint | None:
+    """Where a run continues: one with `resume` set, or with
+    `requeued`, a SLURM job started again in its own directory. None for a run that is
+    neither."""
     target = cfg.get(RESUME_KEY)
-    if target is None:
+    if target is None and not requeued:
         return None
-    if Path(str(target)).resolve() != run_dir.resolve():
+    if target is not None and Path(str(target)).resolve() != run_dir.resolve():
         raise ConfigError(
             RESUME_KEY, target, f"this run's own directory ({run_dir}): use resume=RUN_DIR alone"
         )
-    if cfg.get("ckpt_path") is not None:
-        raise ConfigError(
-            "ckpt_path", cfg.ckpt_path, "null with resume (it resumes from its newest checkpoint)"
-        )
-    check_unfinished(run_dir, str(target))
+    check_unfinished(run_dir, str(target or run_dir))
     for path in remove_partial_writes(run_dir):
         log.info("Removed %s, a checkpoint write that was cut short", path)
     state = read_state(run_dir) or {}
@@ -138,10 +142,10 @@ def resume_point(cfg: DictConfig, run_dir: Path) -> ResumePoint | None:
         log.info("Resuming %s: training and test are done; redoing the export", run_dir)
         return ResumePoint(None, export_only=True)
     checkpoint = newest_valid_checkpoint(run_dir)
-    with open_dict(cfg):
-        cfg.ckpt_path = str(checkpoint) if checkpoint is not None else None
     if checkpoint is None:
-        log.info("Resuming %s: no checkpoint was saved, so training starts over", run_dir)
+        # Stopped before its first checkpoint: it starts again as it started the first time.
+        start = cfg.get("ckpt_path") or "the beginning"
+        log.info("Resuming %s: it saved no checkpoint, so it starts again from %s", run_dir, start)
     else:
         log.info("Resuming %s from %s", run_dir, checkpoint)
     return ResumePoint(checkpoint)

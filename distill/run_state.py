@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from distill.cluster.requeue import hpc_checkpoints, requeued_checkpoint
+from distill.cluster.requeue import hpc_checkpoints, slurm_restart_count
 from distill.errors import ConfigError
 from distill.files import atomic_write_json
 
@@ -66,22 +66,22 @@ def is_complete(run_dir: Path) -> bool:
 
 
 def ensure_fresh_run_dir(run_dir: Path, environ: Mapping[str, str] | None = None) -> None:
-    """A run never writes into another run's directory, with two exceptions: a resume
-    (`resume=RUN_DIR`, which does not call this), and a SLURM job that was requeued
-    (SLURM_RESTART_COUNT > 0 in `environ`, by default the process's) and finds the hpc
-    checkpoint Lightning saved before the requeue in its own directory, which the fit then
-    resumes from. A finished run is never resumed."""
-    finished = is_complete(run_dir)
-    resumed = (
-        None
-        if finished
-        else requeued_checkpoint(run_dir, os.environ if environ is None else environ)
-    )
-    if resumed is not None:
-        log.info("Requeued SLURM job: resuming this run from %s", resumed)
+    """A run never writes into another run's directory, with two exceptions that continue the
+    run there: a resume (`resume=RUN_DIR`, which does not call this), and a SLURM job requeued
+    into its own unfinished run (`requeued_into`). A finished run is never continued."""
+    if requeued_into(run_dir, environ):
         return
+    finished = is_complete(run_dir)
     if finished or holds_run(run_dir):
         raise ConfigError("hydra.run.dir", str(run_dir), fresh_dir_hint(run_dir, finished))
+
+
+def requeued_into(run_dir: Path, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this job was requeued by SLURM (SLURM_RESTART_COUNT > 0 in `environ`, by
+    default the process's) into its own run directory, which holds an unfinished run: after a
+    SIGUSR1 (Lightning's hpc checkpoint) or a preemption's SIGTERM (interrupted.ckpt)."""
+    restarted = slurm_restart_count(os.environ if environ is None else environ) >= 1
+    return restarted and not is_complete(run_dir) and holds_run(run_dir)
 
 
 def holds_run(run_dir: Path) -> bool:

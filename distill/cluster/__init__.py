@@ -14,7 +14,6 @@ from distill.cluster.launcher import (
 )
 from distill.cluster.requeue import (
     hpc_checkpoints,
-    requeued_checkpoint,
     retire_hpc_checkpoints,
     slurm_restart_count,
 )
@@ -25,7 +24,6 @@ __all__ = [
     "check_launcher",
     "hpc_checkpoints",
     "is_slurm_sweep_job",
-    "requeued_checkpoint",
     "retire_hpc_checkpoints",
     "slurm_restart_count",
 ]

@@ -40,16 +40,6 @@ def hpc_checkpoints(run_dir: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def requeued_checkpoint(run_dir: Path, environ: Mapping[str, str]) -> Path | None:
-    """The checkpoint a requeued job resumes from: the newest hpc checkpoint in its own run
-    directory, when SLURM says the job was restarted. None for anything else, such as a plain
-    rerun into an old directory, or a requeue that came before any checkpoint."""
-    if slurm_restart_count(environ) < 1:
-        return None
-    checkpoints = hpc_checkpoints(run_dir)
-    return checkpoints[-1] if checkpoints else None
-
-
 def retire_hpc_checkpoints(trainer: pl.Trainer, run_dir: Path) -> list[Path]:
     """Delete the hpc checkpoints once the fit that resumed from them has finished; returns
     them (on rank 0).

@@ -20,6 +20,7 @@ import torch
 from omegaconf import OmegaConf, open_dict
 
 from distill.errors import ConfigError
+from distill.interruption import RunInterrupted
 from distill.pipeline import train
 from tests.conftest import compose_train
 
@@ -123,3 +124,43 @@ def test_a_requeued_job_resumes_from_its_hpc_checkpoint_and_ends_as_if_uninterru
     # A plain rerun into the finished directory is still refused.
     with pytest.raises(ConfigError, match="holds no earlier run"):
         train(cfg)
+
+
+class TerminateAt(pl.Callback):
+    """SIGTERM to this process after optimizer step `step`: a preemption without the
+    `--signal` (SLURM's default), or a `scancel`."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_job_preempted_by_sigterm_and_requeued_by_slurm_continues_its_own_run(tmp_path, slurm):
+    cache = [f"paths.cache_dir={tmp_path / 'cache'}"]
+    whole = train(compose_train([*RUN, *cache], tmp_path / "whole"))
+
+    cfg = compose_train([*RUN, *cache], tmp_path / "job")
+    run_dir = tmp_path / "job" / "run"
+    with open_dict(cfg):
+        cfg.callbacks = OmegaConf.create(
+            {"preempt": {"_target_": f"{__name__}.TerminateAt", "step": PREEMPT_AT_STEP}}
+        )
+    with pytest.raises(RunInterrupted) as stopped:
+        train(cfg)
+    assert stopped.value.exit_status == 143
+    assert not (tmp_path / "scontrol.log").exists()  # SIGTERM alone: SLURM decides on requeue
+    state = json.loads((run_dir / "status.json").read_text())
+    assert (state["state"], state["checkpoint"]) == ("interrupted", "checkpoints/interrupted.ckpt")
+    saved = torch.load(run_dir / "checkpoints" / "interrupted.ckpt", weights_only=True)
+    assert saved["global_step"] == PREEMPT_AT_STEP  # the step the signal came in
+
+    slurm.setenv("SLURM_RESTART_COUNT", "1")  # PreemptMode=REQUEUE started it again
+    with open_dict(cfg):
+        cfg.callbacks = None
+    resumed = train(cfg)
+    assert comparable(resumed) == comparable(whole)
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "complete"
+    assert not (run_dir / "checkpoints" / "interrupted.ckpt").exists()

@@ -21,12 +21,11 @@ from distill.cluster import (
     SLURM_LAUNCHER,
     check_launcher,
     is_slurm_sweep_job,
-    requeued_checkpoint,
     retire_hpc_checkpoints,
 )
 from distill.config import build
 from distill.errors import ConfigError
-from distill.run_state import ensure_fresh_run_dir
+from distill.run_state import ensure_fresh_run_dir, requeued_into
 from distill.teachers import (
     MissingTeacherError,
     build_teachers,
@@ -135,35 +134,31 @@ def test_other_launchers_are_not_checked():
     check_launcher(compose_with_hydra())
 
 
-def test_a_requeued_job_resumes_from_its_newest_hpc_checkpoint(tmp_path):
-    for number in (1, 10, 2):
-        (tmp_path / f"hpc_ckpt_{number}.ckpt").write_bytes(b"")
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+def test_a_requeued_job_continues_its_own_unfinished_run(tmp_path):
+    """After SIGUSR1 (an hpc checkpoint) or a preemption's SIGTERM (interrupted.ckpt), SLURM
+    starts the job again into the same directory; it continues there, from the newest
+    checkpoint that loads, as `resume=RUN_DIR` would."""
     requeued = {"SLURM_RESTART_COUNT": "1"}
-    assert requeued_checkpoint(tmp_path, requeued) == tmp_path / "hpc_ckpt_10.ckpt"
-    ensure_fresh_run_dir(tmp_path, requeued)  # allowed: it resumes
+    (tmp_path / "hpc_ckpt_1.ckpt").write_bytes(b"")
+    assert requeued_into(tmp_path, requeued)
+    ensure_fresh_run_dir(tmp_path, requeued)  # allowed: it continues
+    preempted = tmp_path / "preempted"
+    (preempted / "checkpoints").mkdir(parents=True)
+    (preempted / "checkpoints" / "interrupted.ckpt").write_bytes(b"")
+    ensure_fresh_run_dir(preempted, requeued)
     for plain in ({}, {"SLURM_RESTART_COUNT": "0"}):
-        assert requeued_checkpoint(tmp_path, plain) is None
+        assert not requeued_into(tmp_path, plain)
         with pytest.raises(ConfigError, match="holds no earlier run"):
-            ensure_fresh_run_dir(tmp_path, plain)
+            ensure_fresh_run_dir(tmp_path, plain)  # a plain rerun into the job's directory
 
 
-def test_no_requeue_resume_without_an_hpc_checkpoint_or_after_the_summary(tmp_path):
+def test_a_requeued_job_never_continues_a_finished_run(tmp_path):
     requeued = {"SLURM_RESTART_COUNT": "2"}
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
-    with pytest.raises(ConfigError):  # requeued, but nothing of its own to resume from
-        ensure_fresh_run_dir(tmp_path, requeued)
     (tmp_path / "hpc_ckpt_1.ckpt").write_bytes(b"")
     (tmp_path / "summary.json").write_text("{}")
-    with pytest.raises(ConfigError):  # the run had finished
+    assert not requeued_into(tmp_path, requeued)
+    with pytest.raises(ConfigError, match="holds a finished run"):
         ensure_fresh_run_dir(tmp_path, requeued)
-    only_hpc = tmp_path / "only_hpc"
-    only_hpc.mkdir()
-    (only_hpc / "hpc_ckpt_1.ckpt").write_bytes(b"")
-    with pytest.raises(ConfigError):  # a plain rerun into a preempted run's directory
-        ensure_fresh_run_dir(only_hpc, {})
     ensure_fresh_run_dir(tmp_path / "new", requeued)  # a first start of a requeued job
 
 
