@@ -31,7 +31,7 @@ from distill.interruption import INTERRUPTED_CHECKPOINT, Interruption
 from distill.resume import fit_checkpoint, resume_point
 from distill.run_outputs import best_checkpoint_to_test, save_student, sparsity_facts, student_facts
 from distill.run_progress import Progress, export_status, recorded
-from distill.run_state import ensure_fresh_run_dir, requeued_into
+from distill.run_state import ensure_fresh_run_dir, process_rank, requeued_into
 from distill.run_summary import RunSummary, check_metric_key, read_summary
 from distill.summary import print_summary
 from distill.teachers import (
@@ -63,7 +63,7 @@ def _run(cfg: Any, overrides: Sequence[str]) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
     resume = resume_point(cfg, run_dir, requeued=requeued_into(run_dir))
     check_run_settings(cfg, overrides)
-    if resume is None:
+    if resume is None and process_rank() == 0:  # other DDP ranks join rank 0's directory
         ensure_fresh_run_dir(run_dir)
     if resume is not None and resume.export_only:
         return _export_only(cfg, run_dir)

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from distill.config import compose_train
-from distill.run_state import ensure_fresh_run_dir
+from distill.run_state import ensure_fresh_run_dir, process_rank
 
 # What Hydra's app writes before the task starts.
 HYDRA_OWN = frozenset({".hydra", "train.log"})
@@ -49,8 +49,8 @@ class RunDirGuard:
     def plan(cls, arguments: Sequence[str], resuming: bool = False) -> RunDirGuard | None:
         """Resolve and check the run directory of `arguments`; None when Hydra must decide it
         (a multirun, or a directory named through `${hydra:...}`, which only the app knows)."""
-        if not single_run(arguments):
-            return None
+        if not single_run(arguments) or process_rank() > 0:
+            return None  # a DDP rank > 0 runs in the directory rank 0 decided and checked
         cfg = compose_train(arguments, return_hydra_config=True)
         try:
             resolved = OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=True)

@@ -6,24 +6,30 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from distill.interruption import RunInterrupted, signal_name
-from distill.run_state import write_state
+from distill.run_state import process_rank, write_state
 
 log = logging.getLogger(__name__)
 
 
 class Progress:
-    """The stage a run is in, written to status.json at every change."""
+    """The stage a run is in, written to status.json at every change (by rank 0 alone)."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self.current = "setup"
-        write_state(run_dir, "running", self.current)
+        self.writes = process_rank() == 0
+        self._write("running")
 
     def stage(self, name: str) -> None:
         self.current = name
-        write_state(self.run_dir, "running", name)
+        self._write("running")
+
+    def _write(self, state: str, **facts: Any) -> None:
+        if self.writes:
+            write_state(self.run_dir, state, self.current, **facts)
 
 
 @contextlib.contextmanager

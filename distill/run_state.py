@@ -30,6 +30,23 @@ STATES = ("running", "interrupted", "failed", "complete")
 STAGES = ("setup", "baseline", "teacher", "fit", "test", "export", "done")
 
 
+# Where a process learns its rank before any trainer exists, in Lightning's order
+# (lightning_fabric.utilities.rank_zero._get_rank): Lightning's DDP launcher starts ranks 1..N-1
+# by running the same command again with LOCAL_RANK set; torchrun and srun set the others.
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+
+
+def process_rank(environ: Mapping[str, str] | None = None) -> int:
+    """This process's global rank as its launcher set it (0 when none did). Rank 0 owns the
+    run directory: it checks it, and it alone writes status.json."""
+    environ = os.environ if environ is None else environ
+    for key in RANK_VARIABLES:
+        value = environ.get(key)
+        if value is not None:
+            return int(value) if value.isdigit() else 0
+    return 0
+
+
 def resume_command(run_dir: Path) -> str:
     return shlex.join(["distill-train", f"resume={run_dir}"])
 
