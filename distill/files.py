@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import os
@@ -36,6 +37,19 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
             os.unlink(tmp_name)
         raise
     return path
+
+
+def remove_abandoned_writes(path: str | Path) -> list[Path]:
+    """Delete the temporary files that `atomic_write(path)` left behind in writers that died
+    before their rename (a killed job); returns them. Only safe while holding the lock that
+    every writer of `path` holds: a live writer's temporary file would go too."""
+    path = Path(path)
+    abandoned = sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    for leftover in abandoned:
+        log.info("Removing %s, left by a writer that died", leftover)
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+    return abandoned
 
 
 def atomic_write_json(path: str | Path, payload: Any) -> Path:

@@ -10,6 +10,7 @@ them computes new outputs. With random augmentation the cache cannot be right an
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -84,6 +85,7 @@ def cached_teacher_outputs(
     entry.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with exclusive_lock(entry.parent / f".{entry.name}.lock"):
+        _remove_abandoned_staging(entry)
         if (entry / "done").is_file():
             origin = "cache"
             log.info("Reusing cached teacher outputs %s", entry)
@@ -140,6 +142,15 @@ def _compute(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _remove_abandoned_staging(entry: Path) -> None:
+    """Delete the staging folders of `entry` left by jobs killed while computing it. Called
+    with the entry's lock held, which every job computing it holds: none is in use."""
+    for staging in entry.parent.glob(f".{glob.escape(entry.name)}.*"):
+        if staging.is_dir():
+            log.info("Removing %s, left by a job that died computing it", staging)
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _file_name(key: str) -> str:
