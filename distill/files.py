@@ -7,8 +7,8 @@ import glob
 import json
 import logging
 import os
+import secrets
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -25,7 +25,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
     """Write through a temporary file in the same directory, then rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp_name = _new_temporary_file(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -37,6 +37,27 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
             os.unlink(tmp_name)
         raise
     return path
+
+
+def _new_temporary_file(path: Path) -> tuple[int, str]:
+    """A new, open `.<name>.<random>.tmp` next to `path`, with the mode of any new file (0666
+    less the umask). mkstemp's are 0600: the file renamed into a cache shared by a group, or
+    into a run directory a colleague reads, could be read by its writer alone."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        name = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        with contextlib.suppress(FileExistsError):
+            return os.open(name, flags, 0o666), name
+
+
+def new_staging_dir(parent: Path, prefix: str) -> Path:
+    """A new, empty `<prefix><random>` folder in `parent` to fill and then rename into place,
+    with the mode of any new folder (0777 less the umask; mkdtemp's are 0700)."""
+    while True:
+        staging = parent / f"{prefix}{secrets.token_hex(4)}"
+        with contextlib.suppress(FileExistsError):
+            staging.mkdir(mode=0o777)
+            return staging
 
 
 def remove_abandoned_writes(path: str | Path) -> list[Path]:

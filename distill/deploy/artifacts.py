@@ -22,7 +22,6 @@ from __future__ import annotations
 import io
 import logging
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +55,7 @@ from distill.deploy.onnx_runtime import (
 from distill.deploy.report import write_report
 from distill.deploy.run_dir import TrainedRun, load_trained_run
 from distill.deploy.slim import SlimReport, remove_zero_channels
-from distill.files import atomic_write_json
+from distill.files import atomic_write_json, new_staging_dir
 from distill.run_summary import SUMMARY_FILE, read_summary
 from distill.summary import count_parameters
 
@@ -99,7 +98,7 @@ def produce_artifacts(
     if run.quantization is not None:
         run.quantization.check_exportable()
     check_fits_data(run.student, run.datamodule, "student")
-    staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=".export-"))
+    staging = new_staging_dir(run_dir, prefix=".export-")
     try:
         context = ExportContext.of(run, staging, latency_repeats)
         for builder in BUILDERS:

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence, Sized
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from distill.files import exclusive_lock
+from distill.files import exclusive_lock, new_staging_dir
 from distill.taps import FeatureTaps
 
 log = logging.getLogger(__name__)
@@ -111,7 +110,7 @@ def _compute(
 ) -> None:
     # Written into a temporary directory and renamed into place: a run that dies half way
     # leaves nothing that a later run would trust.
-    staging = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}."))
+    staging = new_staging_dir(entry.parent, prefix=f".{entry.name}.")
     try:
         arrays: dict[str, np.memmap] = {}
         size = len(cast(Sized, dataset))

@@ -2,7 +2,33 @@
 
 from __future__ import annotations
 
-from distill.files import atomic_write, remove_abandoned_writes
+import os
+import stat
+
+import pytest
+
+from distill.files import atomic_write, new_staging_dir, remove_abandoned_writes
+
+
+@pytest.fixture
+def group_umask():
+    """The umask of a group that shares a cache (002): new files 0664, folders 0775."""
+    before = os.umask(0o002)
+    yield
+    os.umask(before)
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_written_files_and_staging_folders_get_the_umask_mode(tmp_path, group_umask):
+    # Not mkstemp's 0600 and mkdtemp's 0700: a teacher cached by one member of the group must
+    # be readable by the others' jobs.
+    written = atomic_write(tmp_path / "teacher.pt", lambda handle: handle.write(b"whole"))
+    assert mode(written) == 0o664
+    assert mode(new_staging_dir(tmp_path, prefix=".entry.")) == 0o775
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["teacher.pt"]
 
 
 def test_only_the_temporary_files_of_that_path_are_removed(tmp_path):

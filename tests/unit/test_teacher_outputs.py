@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import torch
 from torch import nn
@@ -72,3 +75,16 @@ def test_the_staging_folder_of_a_killed_job_is_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [outputs.directory.name, f".{outputs.directory.name}.lock", other.name]
     )
+
+
+def test_the_entry_folder_gets_the_umask_mode(tmp_path):
+    model, data = teacher_and_data()
+    before = os.umask(0o022)
+    try:
+        outputs, _ = cached_teacher_outputs(
+            FrozenTeacher(model), FeatureTaps(model, [], field="loss"), data, tmp_path, {"d": 1}
+        )
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE(outputs.directory.stat().st_mode) == 0o755
+    assert stat.S_IMODE((outputs.directory / "logits.npy").stat().st_mode) == 0o644
