@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import os
+import secrets
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -24,10 +25,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
     """Write through a temporary file in the same directory, then rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp_name = _new_temporary_file(path)
     try:
-        # mkstemp makes the file private (0600); give it the mode open() would have.
-        os.chmod(tmp_name, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -40,10 +39,38 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
     return path
 
 
-def _umask() -> int:
-    mask = os.umask(0)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
-    return mask
+def _new_temporary_file(path: Path) -> tuple[int, str]:
+    """A new, open `.<name>.<random>.tmp` next to `path`, with the mode of any new file (0666
+    less the umask). mkstemp's are 0600: the file renamed into a cache shared by a group, or
+    into a run directory a colleague reads, could be read by its writer alone."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        name = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        with contextlib.suppress(FileExistsError):
+            return os.open(name, flags, 0o666), name
+
+
+def new_staging_dir(parent: Path, prefix: str) -> Path:
+    """A new, empty `<prefix><random>` folder in `parent` to fill and then rename into place,
+    with the mode of any new folder (0777 less the umask; mkdtemp's are 0700)."""
+    while True:
+        staging = parent / f"{prefix}{secrets.token_hex(4)}"
+        with contextlib.suppress(FileExistsError):
+            staging.mkdir(mode=0o777)
+            return staging
+
+
+def remove_abandoned_writes(path: str | Path) -> list[Path]:
+    """Delete the temporary files that `atomic_write(path)` left behind in writers that died
+    before their rename (a killed job); returns them. Only safe while holding the lock that
+    every writer of `path` holds: a live writer's temporary file would go too."""
+    path = Path(path)
+    abandoned = sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    for leftover in abandoned:
+        log.info("Removing %s, left by a writer that died", leftover)
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+    return abandoned
 
 
 def atomic_write_json(path: str | Path, payload: Any) -> Path:

@@ -23,7 +23,6 @@ import contextlib
 import io
 import logging
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +57,7 @@ from distill.deploy.report import write_report
 from distill.deploy.run_dir import TrainedRun, load_trained_run
 from distill.deploy.slim import SlimReport, remove_zero_channels
 from distill.errors import ConfigError
-from distill.files import atomic_write_json, exclusive_lock
+from distill.files import atomic_write_json, exclusive_lock, new_staging_dir
 from distill.run_state import read_state, write_state
 from distill.run_summary import SUMMARY_FILE, read_summary
 from distill.summary import count_parameters
@@ -109,7 +108,7 @@ def produce_artifacts(
     with _export_lock(run_dir):
         for stale in remove_stale_staging(run_dir):
             log.info("Removed %s, left by an export that was killed", stale)
-        staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=STAGING_PREFIX))
+        staging = new_staging_dir(run_dir, prefix=STAGING_PREFIX)
         try:
             context = ExportContext.of(run, staging, latency_repeats)
             for builder in BUILDERS:

@@ -22,7 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from distill.errors import ConfigError
-from distill.files import atomic_write, atomic_write_json, exclusive_lock
+from distill.files import (
+    atomic_write,
+    atomic_write_json,
+    exclusive_lock,
+    remove_abandoned_writes,
+)
 from distill.teachers.checkpoint import load_weights
 from distill.teachers.spec import TeacherSpec
 
@@ -130,6 +135,10 @@ class TeacherCache:
                 self.field, str(self.directory), f"a writable directory ({error})"
             ) from error
         with exclusive_lock(entry / ".lock"):
+            # Every writer of the entry holds this lock: a temporary file found now is the half
+            # write of a job killed while it held the lock, and would stay forever.
+            remove_abandoned_writes(weights)
+            remove_abandoned_writes(meta_path)
             if weights.is_file():
                 try:
                     load_weights(model, weights, field="teacher cache entry")
@@ -141,6 +150,9 @@ class TeacherCache:
             log.info("No cached teacher under %s; training one", entry)
             facts = dict(train(model))
             meta = {"key": key, "material": material, "created": time.time(), **facts}
-            atomic_write(weights, lambda f: torch.save({"state_dict": model.state_dict()}, f))
+            # The weights last: they are what says the entry is whole (`has`, the check above),
+            # so a job killed between the two writes leaves an entry that is trained again, not
+            # weights without their meta.
             atomic_write_json(meta_path, meta)
+            atomic_write(weights, lambda f: torch.save({"state_dict": model.state_dict()}, f))
             return CachedTeacher("trained", weights, meta)

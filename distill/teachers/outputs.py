@@ -10,12 +10,12 @@ them computes new outputs. With random augmentation the cache cannot be right an
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence, Sized
 from pathlib import Path
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from distill.files import exclusive_lock
+from distill.files import exclusive_lock, new_staging_dir
 from distill.taps import FeatureTaps
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ def cached_teacher_outputs(
     entry.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with exclusive_lock(entry.parent / f".{entry.name}.lock"):
+        _remove_abandoned_staging(entry)
         if (entry / "done").is_file():
             origin = "cache"
             log.info("Reusing cached teacher outputs %s", entry)
@@ -109,7 +110,7 @@ def _compute(
 ) -> None:
     # Written into a temporary directory and renamed into place: a run that dies half way
     # leaves nothing that a later run would trust.
-    staging = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}."))
+    staging = new_staging_dir(entry.parent, prefix=f".{entry.name}.")
     try:
         arrays: dict[str, np.memmap] = {}
         size = len(cast(Sized, dataset))
@@ -140,6 +141,15 @@ def _compute(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _remove_abandoned_staging(entry: Path) -> None:
+    """Delete the staging folders of `entry` left by jobs killed while computing it. Called
+    with the entry's lock held, which every job computing it holds: none is in use."""
+    for staging in entry.parent.glob(f".{glob.escape(entry.name)}.*"):
+        if staging.is_dir():
+            log.info("Removing %s, left by a job that died computing it", staging)
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _file_name(key: str) -> str:

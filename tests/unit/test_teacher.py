@@ -133,3 +133,30 @@ def test_two_concurrent_runs_train_the_teacher_once(tmp_path):
         "meta.json",
         "teacher.pt",
     ]
+
+
+def test_a_half_write_of_a_killed_job_is_removed_and_the_teacher_trained(tmp_path):
+    # What atomic_write leaves when its process is killed before the rename.
+    calls: list[int] = []
+    material = {"model": "small"}
+    cache = TeacherCache(tmp_path)
+    entry = cache.entry_dir(cache_key(material))
+    entry.mkdir(parents=True)
+    (entry / ".teacher.pt.k1ll3d00.tmp").write_bytes(b"half a teacher")
+    (entry / ".meta.json.k1ll3d00.tmp").write_bytes(b'{"key": ')
+    trained = cache.get_or_train(small_model(), material, trainer_that_counts(calls))
+    assert trained.origin == "trained" and len(calls) == 1
+    assert sorted(p.name for p in entry.iterdir()) == [".lock", "meta.json", "teacher.pt"]
+
+
+def test_meta_without_weights_is_an_unfinished_entry_that_trains_again(tmp_path):
+    # A job killed between the two writes: meta.json is written first, the weights last.
+    calls: list[int] = []
+    material = {"model": "small"}
+    cache = TeacherCache(tmp_path)
+    cache.get_or_train(small_model(), material, trainer_that_counts(calls))
+    cache.weights_path(cache_key(material)).unlink()
+    assert not cache.has(cache_key(material))
+    again = cache.get_or_train(small_model(), material, trainer_that_counts(calls))
+    assert again.origin == "trained" and len(calls) == 2
+    assert again.meta["test_acc"] == 0.9

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import torch
 from torch import nn
@@ -55,3 +58,33 @@ def test_other_weights_data_or_taps_get_their_own_entry(tmp_path):
     # No half-written entries or staging directories are left behind.
     assert all((d / "done").is_file() for d in directories)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") and p.is_dir()]
+
+
+def test_the_staging_folder_of_a_killed_job_is_removed(tmp_path):
+    model, data = teacher_and_data()
+    taps = FeatureTaps(model, [], field="loss")
+    outputs, _ = cached_teacher_outputs(FrozenTeacher(model), taps, data, tmp_path, {"d": 1})
+    # What _compute leaves when its process is killed before the rename.
+    staging = tmp_path / f".{outputs.directory.name}.k1ll3d00"
+    staging.mkdir()
+    (staging / "logits.npy").write_bytes(b"half")
+    other = tmp_path / ".0123456789abcdef0123.k1ll3d00"  # another entry's: left alone
+    other.mkdir()
+    _, facts = cached_teacher_outputs(FrozenTeacher(model), taps, data, tmp_path, {"d": 1})
+    assert facts["origin"] == "cache"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [outputs.directory.name, f".{outputs.directory.name}.lock", other.name]
+    )
+
+
+def test_the_entry_folder_gets_the_umask_mode(tmp_path):
+    model, data = teacher_and_data()
+    before = os.umask(0o022)
+    try:
+        outputs, _ = cached_teacher_outputs(
+            FrozenTeacher(model), FeatureTaps(model, [], field="loss"), data, tmp_path, {"d": 1}
+        )
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE(outputs.directory.stat().st_mode) == 0o755
+    assert stat.S_IMODE((outputs.directory / "logits.npy").stat().st_mode) == 0o644
