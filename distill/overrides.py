@@ -60,7 +60,7 @@ def _unknown_key(message: str, arguments: list[str]) -> ConfigError:
     value = next((a.split("=", 1)[1] for a in arguments if a.split("=", 1)[0] == key), None)
     known = _known_keys()
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.75)
-    hint = f"did you mean {', '.join(close)}?" if close else "no key of that name"
+    hint = f"did you mean {', '.join(close)}?" if close else "there is no key of that name."
     return ConfigError(
         key, value, f"a key of the config ({hint} A new key needs a leading +: +{key}=...)"
     )
