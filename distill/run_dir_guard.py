@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from distill.config import compose_train
+from distill.errors import ConfigError
 from distill.run_state import ensure_fresh_run_dir, process_rank
 
 # What Hydra's app writes before the task starts.
@@ -38,6 +39,19 @@ def single_run(arguments: Sequence[str]) -> bool:
     return not any(override.is_sweep_override() for override in overrides)
 
 
+# Names a job tries before giving up, when jobs keep taking the timestamped name it resolved.
+CLAIM_ATTEMPTS = 20
+
+
+def _resolve_run_dir(arguments: Sequence[str]) -> Path | None:
+    cfg = compose_train(arguments, return_hydra_config=True)
+    try:
+        resolved = OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=True)
+    except OmegaConfBaseException:
+        return None
+    return Path(str(resolved))
+
+
 @dataclass(frozen=True)
 class RunDirGuard:
     """The run directory of one run, and whether this process made it."""
@@ -47,19 +61,35 @@ class RunDirGuard:
 
     @classmethod
     def plan(cls, arguments: Sequence[str], resuming: bool = False) -> RunDirGuard | None:
-        """Resolve and check the run directory of `arguments`; None when Hydra must decide it
-        (a multirun, or a directory named through `${hydra:...}`, which only the app knows)."""
+        """Resolve, check and claim the run directory of `arguments`; None when Hydra must
+        decide it (a multirun, or a directory named through `${hydra:...}`, which only the app
+        knows).
+
+        A new directory is made here, atomically: of two jobs that resolve the same default
+        (timestamped) name, only one makes it, and the other resolves a new name. A directory
+        that exists already is checked for an earlier run (unless this is its resume).
+        """
         if not single_run(arguments) or process_rank() > 0:
             return None  # a DDP rank > 0 runs in the directory rank 0 decided and checked
-        cfg = compose_train(arguments, return_hydra_config=True)
-        try:
-            resolved = OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=True)
-        except OmegaConfBaseException:
-            return None
-        path = Path(str(resolved))
-        if not resuming:
-            ensure_fresh_run_dir(path)
-        return cls(path, path.exists())
+        named = any(argument.startswith("hydra.run.dir=") for argument in arguments)
+        for _ in range(CLAIM_ATTEMPTS):
+            path = _resolve_run_dir(arguments)
+            if path is None:
+                return None
+            try:
+                path.mkdir(parents=True)
+            except FileExistsError:
+                if not named:
+                    continue  # another job took this instant's name: take the next one
+                if not resuming:
+                    ensure_fresh_run_dir(path)
+                return cls(path, existed=True)
+            return cls(path, existed=False)
+        raise ConfigError(
+            "hydra.run.dir",
+            str(path),
+            f"a directory no other run has ({CLAIM_ATTEMPTS} names in a row were taken)",
+        )
 
     @property
     def pinned(self) -> str:

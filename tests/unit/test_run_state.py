@@ -175,6 +175,7 @@ def test_the_run_directory_is_resolved_and_pinned_and_removed_only_if_hydra_alon
     guard = RunDirGuard.plan([f"paths.log_dir={tmp_path}"])
     assert guard is not None and guard.path.parent.parent == tmp_path
     assert not guard.existed and guard.pinned == f"hydra.run.dir={guard.path}"
+    assert guard.path.is_dir()  # claimed: no other job can make it now
     (guard.path / ".hydra").mkdir(parents=True)
     (guard.path / "train.log").write_text("refused")
     assert guard.discard_if_untouched() and not guard.path.exists()
@@ -185,6 +186,21 @@ def test_the_run_directory_is_resolved_and_pinned_and_removed_only_if_hydra_alon
     (tmp_path / "mine").mkdir()
     existing = RunDirGuard.plan([f"hydra.run.dir={tmp_path / 'mine'}"])
     assert existing.existed and not existing.discard_if_untouched()
+
+
+def test_a_timestamped_name_another_job_took_is_not_shared(tmp_path, monkeypatch):
+    import distill.run_dir_guard as guard_module
+
+    taken, free = tmp_path / "10-00-00-000001", tmp_path / "10-00-00-000002"
+    taken.mkdir()
+    names = iter([taken, free])
+    monkeypatch.setattr(guard_module, "_resolve_run_dir", lambda arguments: next(names))
+    guard = RunDirGuard.plan([])
+    assert guard.path == free and not guard.existed
+
+    monkeypatch.setattr(guard_module, "_resolve_run_dir", lambda arguments: taken)
+    with pytest.raises(ConfigError, match="20 names in a row were taken"):
+        RunDirGuard.plan([])
 
 
 def test_a_resume_names_the_first_setting_that_changed():
