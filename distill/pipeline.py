@@ -71,14 +71,24 @@ def _run(cfg: Any, overrides: Sequence[str]) -> dict[str, Any]:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     # Reseed so the student's run is the same whether the teacher was trained or cached.
     pl.seed_everything(cfg.seed, workers=True)
+    # weights_only=True: Lightning's default unpickles a remote (http) checkpoint whole, and
+    # a checkpoint named by a config may come from anyone.
     with timing("fit_s"):
-        run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=cfg.get("ckpt_path"))
+        run.trainer.fit(
+            run.module,
+            datamodule=run.datamodule,
+            ckpt_path=cfg.get("ckpt_path"),
+            weights_only=True,
+        )
     # A fit resumed after a SLURM requeue is done with its hpc checkpoints; under SLURM the
     # test below would otherwise load them instead of the trained weights.
     retire_hpc_checkpoints(run.trainer, run_dir)
     with timing("test_s"):
         (results,) = run.trainer.test(
-            run.module, datamodule=run.datamodule, ckpt_path=best_checkpoint_to_test(run)
+            run.module,
+            datamodule=run.datamodule,
+            ckpt_path=best_checkpoint_to_test(run),
+            weights_only=True,
         )
     if not run.trainer.is_global_zero:
         return {}
