@@ -12,6 +12,7 @@ from omegaconf import OmegaConf, open_dict
 from torch import nn
 
 from distill.config import CONF_DIR, build
+from distill.data import ClassificationDataModule
 from distill.deploy.compressed import load_compressed, save_compressed
 from distill.errors import ConfigError
 from distill.models import MLP
@@ -317,3 +318,16 @@ def test_a_model_built_by_an_allowed_target_is_a_plain_module():
     # The control for the refusals above: the allowlist lets the project's own models through.
     node = OmegaConf.create({"_target_": "torch.nn.Linear", "in_features": 2, "out_features": 1})
     assert isinstance(build(node, "student", nn.Module), nn.Linear)
+
+
+def test_an_allowed_target_is_still_refused_for_what_it_builds():
+    # collections.OrderedDict used to show this; it is refused by the allowlist now.
+    node = OmegaConf.create(
+        {"_target_": "distill.models.MLP", "input_shape": [4], "num_classes": 2}
+    )
+    with pytest.raises(ConfigError) as error:
+        build(node, "data", ClassificationDataModule)
+    assert str(error.value) == (
+        "data._target_='distill.models.MLP' is not allowed: a target that builds a "
+        "distill.data.ClassificationDataModule (this one builds a distill.models.MLP)"
+    )
