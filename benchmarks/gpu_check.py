@@ -543,6 +543,8 @@ def main() -> int:
         "~callbacks.progress_bar",
         "trainer.enable_progress_bar=false",
         "+callbacks.probe._target_=gpu_check.Probe",
+        # This script's own callback: a target outside the allowlist, trusted here.
+        "trusted_targets=[gpu_check]",
         f"teacher.train.max_epochs={teacher_epochs}",
         f"trainer.max_epochs={epochs}",
         "pruning.schedule.start=1",

@@ -28,6 +28,7 @@ from distill.interruption import InterruptCheckpoint
 from distill.losses import WeightedSum
 from distill.module import DistillationModule
 from distill.teachers import Teacher, TeacherSpec, build_teachers, ensemble_rule, teacher_specs
+from distill.trust import check_config_targets
 from distill.validate import require_choice, require_int
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,10 @@ def exports(cfg: DictConfig) -> bool:
 
 
 def assemble(cfg: DictConfig) -> AssembledRun:
-    """Build every object of the run in `cfg` and check it against the data."""
+    """Build every object of the run in `cfg` and check it against the data. Every `_target_`
+    of the config is checked against the allowlist first (distill.trust), so a refused one in
+    a late node (callbacks, the teacher's optimizer) is refused before the data is built."""
+    check_config_targets(cfg)
     datamodule: ClassificationDataModule = build(cfg.data, "data", ClassificationDataModule)
     datamodule.setup("fit")
     loss = WeightedSum(build_named(cfg.loss, "loss"))

@@ -14,6 +14,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from distill.errors import ConfigError
+from distill.trust import check_targets
 
 # Configs live at the repository's top level (conf/), next to the package of an editable install.
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -40,11 +41,14 @@ def build(node: Any, field: str, expected: type | None = None, **kwargs: Any) ->
 
     A ConfigError raised by a constructor names its argument only (`temperature`); here it is
     re-raised with the full config path (`loss.kd.temperature`) so the user knows what to fix.
-    With `expected`, a target that builds anything else (`student._target_=collections.
-    OrderedDict` builds happily) is refused here, not by the first attribute the run reads.
+    With `expected`, a target that builds anything else (`data._target_=distill.models.MLP`
+    builds happily) is refused here, not by the first attribute the run reads. Every
+    `_target_` in the node, nested ones included, must pass the allowlist (distill.trust)
+    before anything in it is built.
     """
     if not isinstance(node, DictConfig) or "_target_" not in node:
         raise ConfigError(field, node, "a config node with a _target_ naming a class or function")
+    check_targets(node, field)
     try:
         built = hydra.utils.instantiate(node, **kwargs)
     except InstantiationException as error:

@@ -100,12 +100,14 @@ def _train_and_export(
     # Reseed so the student's run is the same whether the teacher was trained or cached.
     pl.seed_everything(cfg.seed, workers=True)
     progress.stage("fit")
+    # weights_only=True: Lightning's default unpickles a remote (http) checkpoint whole, and
+    # a checkpoint named by a config may come from anyone.
     with timing("fit_s"), interruption.fitting(run.trainer):
         run.trainer.fit(
             run.module,
             datamodule=run.datamodule,
             ckpt_path=fit_from,
-            weights_only=True,  # a checkpoint holds tensors and plain state, never code
+            weights_only=True,
         )
     # A fit resumed after a SLURM requeue is done with its hpc checkpoints; under SLURM the
     # test below would otherwise load them instead of the trained weights.

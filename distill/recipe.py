@@ -30,6 +30,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from distill.errors import ConfigError
+from distill.trust import is_command_line_only
 from distill.validate import is_real, require_real
 
 # The folder the Hydra plugin serves (kept in one place, there).
@@ -135,6 +136,15 @@ def read_recipe(cfg: DictConfig, name: str) -> Recipe:
     overrides = quick.get("overrides") or []
     if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
         raise ConfigError("recipe.quick.overrides", overrides, "a list of override strings")
+    for override in overrides:
+        # They go on distill-train's command line, whose trusted_targets and hydra.* the run
+        # trusts as the user's own: a recipe could trust code for itself (distill.trust).
+        if is_command_line_only(override.split("=", 1)[0]):
+            raise ConfigError(
+                "recipe.quick.overrides",
+                override,
+                "overrides of run settings other than trusted_targets or hydra.*",
+            )
     return Recipe(
         name=name,
         description=str(settings.get("description") or ""),

@@ -26,6 +26,7 @@ from distill.errors import ConfigError
 from distill.recipe import RECIPES_DIR, Recipe, find_recipe, read_recipe
 from distill.reproduce import check_expected_keys, compare, write_reproduction
 from distill.run_summary import SUMMARY_FILE
+from distill.trust import trusted_targets, trusting
 
 
 def prepare(
@@ -52,7 +53,7 @@ def prepare(
     run_dir = Path(cfg.paths.log_dir) / "reproduce" / name / stamp
     with open_dict(cfg):
         cfg.paths.output_dir = str(run_dir)
-    with torch_threads(cfg.get("threads")):
+    with trusting(trusted_targets(cfg, overrides)), torch_threads(cfg.get("threads")):
         check_expected_keys(recipe, quick, assemble(cfg))
     return recipe, run_overrides, run_dir
 

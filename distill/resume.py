@@ -25,6 +25,10 @@ from distill.run_state import read_state
 log = logging.getLogger(__name__)
 
 RESUME_KEY = "resume"
+# Trust is the person's who resumes, never the run directory's: a directory received from
+# someone else could name its own module in its saved overrides. The resume command may give
+# it again (`distill-train resume=RUN_DIR trusted_targets=[my_pkg]`); the saved one is dropped.
+TRUST_KEY = "trusted_targets"
 SAVED_OVERRIDES = Path(".hydra") / "overrides.yaml"
 SAVED_CONFIG = Path(".hydra") / "config.yaml"
 
@@ -39,13 +43,14 @@ def resume_arguments(arguments: Sequence[str]) -> list[str]:
     """The command line that resumes the run named by `resume=RUN_DIR` in `arguments`."""
     target = resume_target(arguments)
     assert target is not None
-    others = [a for a in arguments if not a.startswith(f"{RESUME_KEY}=")]
+    trust = [a for a in arguments if a.startswith(f"{TRUST_KEY}=")]
+    others = [a for a in arguments if not a.startswith((f"{RESUME_KEY}=", f"{TRUST_KEY}="))]
     if others:
         raise ConfigError(
             RESUME_KEY,
             target,
-            f"resume=RUN_DIR alone: the run's own settings are in RUN_DIR/{SAVED_OVERRIDES} "
-            f"(got also {' '.join(others)})",
+            f"resume=RUN_DIR alone (and {TRUST_KEY}=[...] if the run needs it): the run's own "
+            f"settings are in RUN_DIR/{SAVED_OVERRIDES} (got also {' '.join(others)})",
         )
     run_dir = Path(target).expanduser().resolve()
     saved = run_dir / SAVED_OVERRIDES
@@ -57,8 +62,8 @@ def resume_arguments(arguments: Sequence[str]) -> list[str]:
     overrides = OmegaConf.load(saved)
     if not isinstance(overrides, Sequence):
         raise ConfigError(RESUME_KEY, target, f"a run whose {SAVED_OVERRIDES} is a list")
-    own = [str(o) for o in overrides if not str(o).startswith(f"{RESUME_KEY}=")]
-    return [*own, f"{RESUME_KEY}={run_dir}", f"hydra.run.dir={run_dir}"]
+    own = [str(o) for o in overrides if not str(o).startswith((f"{RESUME_KEY}=", f"{TRUST_KEY}="))]
+    return [*own, *trust, f"{RESUME_KEY}={run_dir}", f"hydra.run.dir={run_dir}"]
 
 
 def check_unfinished(run_dir: Path, shown: str) -> None:
@@ -81,6 +86,7 @@ def check_config_unchanged(composed: DictConfig, run_dir: Path) -> None:
     for container in (ours, theirs):
         assert isinstance(container, dict)
         container.pop(RESUME_KEY, None)
+        container.pop(TRUST_KEY, None)
     difference = first_difference(theirs, ours)
     if difference is not None:
         key, before, now = difference

@@ -13,7 +13,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from distill.cli.train import CONF_DIR
+from distill.cli.train import CONF_DIR, job_overrides
 from distill.errors import ConfigError
 
 log = logging.getLogger("distill")
@@ -24,9 +24,11 @@ def _teacher(cfg: DictConfig) -> None:
     """The Hydra task: provision the run's teacher(s) and print what the cache holds."""
     # Imported here so that `--help` and `--cfg job` answer without loading torch.
     from distill.teachers import prepare_teachers
+    from distill.trust import trusted_targets, trusting
 
     try:
-        teachers = prepare_teachers(cfg)
+        with trusting(trusted_targets(cfg, job_overrides())):
+            teachers = prepare_teachers(cfg)
     except ConfigError as error:
         log.error("Configuration error: %s", error)
         sys.exit(2)

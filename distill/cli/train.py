@@ -30,10 +30,13 @@ def _train(cfg: DictConfig) -> float | None:
     from distill.run_state import resume_command
     from distill.run_summary import metric
     from distill.teachers import MissingTeacherError
+    from distill.trust import trusted_targets, trusting
 
     try:
         apply_when_missing(cfg)
-        summary = train(cfg, job_overrides())
+        # Only this job's command line extends the allowlist (distill.trust), never a file.
+        with trusting(trusted_targets(cfg, job_overrides())):
+            summary = train(cfg, job_overrides())
     except MissingTeacherError as error:
         log.error("Configuration error: %s", error)
         log.error("Train the teacher with: %s", teacher_command())

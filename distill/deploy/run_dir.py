@@ -21,6 +21,7 @@ from distill.deploy.slim import SlimReport, remove_zero_channels
 from distill.errors import ConfigError
 from distill.files import atomic_write
 from distill.teachers import TeacherSpec, load_weights
+from distill.trust import check_config_targets
 
 STUDENT_STATE_FILE = "student_state.pt"
 # The run's resolved config, written by the pipeline; Hydra's own copy is the fallback.
@@ -70,6 +71,9 @@ def save_run_config(cfg: DictConfig, run_dir: Path) -> Path:
 
 
 def load_run_config(run_dir: Path) -> DictConfig:
+    """The run's config, every `_target_` in it checked against the allowlist before anything
+    is built: the directory may come from someone else (distill.trust). Its own
+    `trusted_targets` is never read."""
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         path = run_dir / HYDRA_CONFIG_FILE
@@ -78,6 +82,7 @@ def load_run_config(run_dir: Path) -> DictConfig:
             "run_dir", str(run_dir), f"a distill-train run directory (no {CONFIG_FILE} there)"
         )
     cfg = cast(DictConfig, OmegaConf.load(path))
+    check_config_targets(cfg)
     # Hydra's own resolvers are gone outside `distill-train`; the run directory is this one.
     cfg.paths.output_dir = str(run_dir)
     return cfg

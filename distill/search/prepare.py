@@ -27,6 +27,7 @@ from distill.errors import ConfigError
 from distill.reproduce import missing_metric_hint, summary_metric_keys
 from distill.search.settings import SearchSettings
 from distill.search.space import Dimension, dimension_of, parse_override, parse_space
+from distill.trust import trusted_targets, trusting
 
 DEFAULT_SEARCH = "compress_under_budget"
 
@@ -40,6 +41,8 @@ class SearchPlan:
     # Each dimension's value in the config the fixed overrides compose (None where that
     # value is not a point of the space): the first trial when search.start_from_base.
     base_point: dict[str, Any]
+    # Extra `_target_` prefixes the command line trusts (`trusted_targets=[...]`).
+    trusted: tuple[str, ...] = ()
 
 
 def plan_search(overrides: Sequence[str]) -> SearchPlan:
@@ -76,6 +79,7 @@ def plan_search(overrides: Sequence[str]) -> SearchPlan:
         dimensions=list(dimensions.values()),
         fixed=fixed,
         base_point=_base_point(cfg, choices, list(dimensions.values())),
+        trusted=trusted_targets(cfg, fixed),
     )
     check_plan(plan)
     return plan
@@ -155,7 +159,7 @@ def _blame(plan: SearchPlan, corner: dict[str, str], error: ConfigError) -> Conf
 def _assemble(overrides: list[str]) -> Any:
     cfg = compose_run(overrides)
     check_run_settings(cfg, overrides)  # what distill-train refuses first, the trials would too
-    with torch_threads(cfg.get("threads")):
+    with trusting(trusted_targets(cfg, overrides)), torch_threads(cfg.get("threads")):
         return assemble(cfg)
 
 

@@ -33,6 +33,7 @@ from optuna.distributions import (
 )
 
 from distill.errors import ConfigError
+from distill.trust import is_command_line_only
 
 GRAMMAR = (
     "a sweep in Hydra's grammar: interval(low, high), tag(log, interval(low, high)), "
@@ -116,6 +117,10 @@ def dimension_of(override: Override, field: str = "search.space") -> Dimension:
     key = override.get_key_element().lstrip("+~")
     where = f"{field}.{key}"
     value = override.value()
+    if is_command_line_only(key):
+        # A searched value lands on every trial's distill-train command line, where it would
+        # be trusted as the user's own: a search config could trust code for itself.
+        raise ConfigError(where, str(value), "a run setting other than trusted_targets or hydra.*")
     is_group = _looks_like_group(key)
     if isinstance(value, ChoiceSweep):
         choices = list(value.list)

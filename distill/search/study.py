@@ -28,6 +28,7 @@ from distill.files import exclusive_lock
 from distill.search.prepare import SearchPlan
 from distill.search.space import Dimension
 from distill.search.trials import run_trial, trial_command, trial_dir
+from distill.trust import SEARCH_SAMPLERS, check_targets
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ def make_sampler(plan: SearchPlan, trials_so_far: int = 0) -> optuna.samplers.Ba
     target = config.get("_target_")
     seed = config.get("seed")
     offset = {"seed": seed + trials_so_far} if isinstance(seed, int) and trials_so_far else {}
+    check_targets(config, "search.sampler", also=(*SEARCH_SAMPLERS, *plan.trusted))
     try:
         sampler = hydra.utils.instantiate(config, **offset)
     except Exception as error:

@@ -22,6 +22,7 @@ from distill.teachers.cache import data_fingerprint
 from distill.teachers.provision import build_teachers, provide_teachers
 from distill.teachers.spec import ensemble_rule, teacher_specs
 from distill.teachers.training import teacher_compute, teacher_trainer_factory
+from distill.trust import check_config_targets
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ def prepare_teachers(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     """Give the teacher(s) of the run config `cfg` trained weights in the cache (training those
     it does not hold yet); member name -> facts (origin, cache_key, checkpoint, test_acc).
     Empty when the recipe's loss reads no teacher."""
+    check_config_targets(cfg)  # every target allowed, before any is built
     with torch_threads(cfg.get("threads")):
         # As pipeline.train does before it builds the run, so the data split is the same.
         pl.seed_everything(cfg.seed, workers=True)

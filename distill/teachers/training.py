@@ -112,7 +112,8 @@ def train_teacher(
         num_classes=datamodule.num_classes,
     )
     trainer = trainer_factory(max_epochs=spec.max_epochs, default_root_dir=root_dir)
-    trainer.fit(module, datamodule=datamodule)
-    (results,) = trainer.test(module, datamodule=datamodule, verbose=False)
+    # Under SLURM, Lightning resumes from an hpc checkpoint by itself: as weights only.
+    trainer.fit(module, datamodule=datamodule, weights_only=True)
+    (results,) = trainer.test(module, datamodule=datamodule, verbose=False, weights_only=True)
     model.eval().requires_grad_(False)
     return {"test_acc": results["test/acc"], "train_s": time.perf_counter() - started}

@@ -13,18 +13,43 @@ Two plugins, discovered by Hydra in the `hydra_plugins` namespace package:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.core.object_type import ObjectType
 from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
 from hydra.plugins.search_path_plugin import SearchPathPlugin
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 GROUP = "recipe"
 SCHEME = "distill-recipes"
 # An editable install from a clone: this file is <repository>/hydra_plugins/distill_recipes/.
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+
+
+def sets_hydra(config: Any, header: Mapping[str, str | None]) -> bool:
+    """Whether a recipe file would change Hydra's own config: a `hydra` key, a package under
+    `hydra` (its header, or a defaults entry's `@package`), or a defaults entry of a `hydra/`
+    group (`override /hydra/launcher: slurm`)."""
+    packages = [header.get("package") or ""]
+    groups = []
+    defaults = config.get("defaults") if isinstance(config, DictConfig) else None
+    for entry in defaults or []:
+        for name in entry if isinstance(entry, DictConfig) else [entry]:
+            words = str(name).split()  # "override /hydra/launcher@pkg": the last word
+            group, _, package = words[-1].partition("@") if words else ("", "", "")
+            groups.append(group)
+            packages.append(package)
+    return (
+        (isinstance(config, DictConfig) and "hydra" in config)
+        or any(group.strip("/").split("/")[0] == "hydra" for group in groups)
+        or any(
+            package.removeprefix("_global_").strip(".").split(".")[0] == "hydra"
+            for package in packages
+        )
+    )
 
 
 class RecipesSearchPath(SearchPathPlugin):
@@ -51,11 +76,19 @@ class RecipesConfigSource(ConfigSource):
         if path is None or not path.is_file():
             raise ConfigLoadError(f"Config not found : {config_path}")
         text = path.read_text(encoding="utf-8")
+        config = OmegaConf.create(text) if text.strip() else OmegaConf.create()
+        header = ConfigSource._get_header_dict(text[:512])
+        if sets_hydra(config, header):
+            raise ConfigLoadError(
+                f"{path}: a recipe may not set hydra.* (Hydra builds its callbacks, launcher, "
+                "sweeper and logging itself, before distill checks any _target_, and a recipe "
+                "may come from anyone): give Hydra settings on the command line"
+            )
         return ConfigResult(
-            config=OmegaConf.create(text) if text.strip() else OmegaConf.create(),
+            config=config,
             path=f"{self.scheme()}://{self.path}",
             provider=self.provider,
-            header=ConfigSource._get_header_dict(text[:512]),
+            header=header,
         )
 
     def available(self) -> bool:

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf, open_dict
 from distill.errors import ConfigError
 from distill.interruption import RunInterrupted
 from distill.pipeline import train
+from distill.trust import trusting
 from tests.conftest import compose_train
 
 RUN = [
@@ -97,7 +98,8 @@ def test_a_requeued_job_resumes_from_its_hpc_checkpoint_and_ends_as_if_uninterru
         cfg.callbacks = OmegaConf.create(
             {"preempt": {"_target_": f"{__name__}.PreemptAt", "step": PREEMPT_AT_STEP}}
         )
-    with pytest.raises(Preempted):
+    # PreemptAt is this module's: trusted, as `trusted_targets=[...]` would on a command line.
+    with trusting([__name__]), pytest.raises(Preempted):
         train(cfg)
     assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
     assert [path.name for path in run_dir.glob("hpc_ckpt_*")] == ["hpc_ckpt_1.ckpt"]

@@ -226,3 +226,26 @@ def test_interrupted_runs_are_listed_with_their_resume_command(tmp_path):
     other.mkdir()
     (other / "summary.json").write_text(json.dumps({"status": "export_failed"}))
     assert find_runs(tmp_path)[1].status == "failed"
+
+
+def test_a_resume_never_takes_trust_from_the_run_directory(tmp_path):
+    from distill.resume import resume_arguments
+
+    hydra = tmp_path / ".hydra"
+    hydra.mkdir()
+    (hydra / "overrides.yaml").write_text("- seed=3\n- trusted_targets=[evil]\n- resume=/old\n")
+    (hydra / "config.yaml").write_text("seed: 3\n")
+    write_state(tmp_path, "interrupted", "fit")
+    run = tmp_path.resolve()
+    assert resume_arguments([f"resume={tmp_path}"]) == [
+        "seed=3",
+        f"resume={run}",
+        f"hydra.run.dir={run}",
+    ]
+    # The person resuming may trust a module again, on their own command line.
+    assert resume_arguments([f"resume={tmp_path}", "trusted_targets=[mine]"]) == [
+        "seed=3",
+        "trusted_targets=[mine]",
+        f"resume={run}",
+        f"hydra.run.dir={run}",
+    ]

@@ -3,6 +3,7 @@ bookkeeping (resume, interrupted trials, seeds) and the report, on hand-made Opt
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -260,10 +261,26 @@ def test_one_search_per_directory(tmp_path):
 
 
 def test_a_sampler_that_is_not_one_is_refused(tmp_path):
-    plan = make_plan(tmp_path, sampler={"_target_": "collections.OrderedDict"})
+    plan = make_plan(tmp_path, sampler={"_target_": "torch.nn.Identity"})
     with pytest.raises(ConfigError, match="an Optuna sampler") as error:
         make_sampler(plan)
     assert error.value.field == "search.sampler._target_"
+
+
+def test_a_sampler_is_built_only_from_optuna_samplers_or_a_trusted_prefix(tmp_path):
+    plan = make_plan(tmp_path, sampler={"_target_": "collections.OrderedDict"})
+    with pytest.raises(ConfigError) as error:
+        make_sampler(plan)
+    assert (error.value.field, error.value.value) == (
+        "search.sampler._target_",
+        "collections.OrderedDict",
+    )
+    assert error.value.allowed.endswith(
+        "TensorBoardLogger, optuna.samplers (add one on the command line: trusted_targets=[PREFIX])"
+    )
+    trusted = dataclasses.replace(plan, trusted=("collections",))
+    with pytest.raises(ConfigError, match="an Optuna sampler class"):
+        make_sampler(trusted)  # allowed now, and refused for what it builds
 
 
 # --- the report ----------------------------------------------------------------------------

@@ -217,13 +217,15 @@ class RecordingTrainer:
     def __init__(self, seen: list, **settings) -> None:
         self.seen, self.settings = seen, settings
 
-    def fit(self, module, datamodule) -> None:
+    def fit(self, module, datamodule, weights_only) -> None:
+        assert weights_only is True  # a checkpoint Lightning finds is read as weights only
         model = module.student
         training = all(m.training for m in model.modules())
         grads = all(p.requires_grad for p in model.parameters())
         self.seen.append((self.settings, training, grads))
 
-    def test(self, module, datamodule, verbose) -> list[dict]:
+    def test(self, module, datamodule, verbose, weights_only) -> list[dict]:
+        assert weights_only is True
         return [{"test/acc": 0.5}]
 
 
