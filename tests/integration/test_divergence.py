@@ -11,7 +11,10 @@ the tests package.
 from __future__ import annotations
 
 import math
+import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +25,7 @@ from distill.cli.train import main
 from distill.losses import CrossEntropy, SoftTargetKD
 from distill.sweep_report.runs import log_error
 
+REPO = Path(__file__).resolve().parents[2]
 TINY = [
     "data=digits",
     "teacher=cnn2d_digits",
@@ -122,3 +126,68 @@ def test_a_teacher_whose_loss_turns_nan_fails_and_is_not_cached(tmp_path, monkey
     ) in output
     assert "Traceback" not in output
     assert not list((tmp_path / "cache").rglob("teacher.pt"))  # no cache entry claims it
+
+
+# Under DDP only rank 1's loss turns NaN; both ranks must stop at that step (a rank that
+# stopped alone would leave the other waiting in backward's all-reduce) and name the same
+# culprit. Lightning's `ddp` strategy starts rank 1 by re-running the script.
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import math
+    import os
+    import sys
+    from datetime import timedelta
+    from pathlib import Path
+
+    import pytorch_lightning as pl
+    from pytorch_lightning.strategies import DDPStrategy
+
+    from distill.errors import TrainingDiverged
+    from distill.losses import CrossEntropy
+    from tests.unit.test_divergence import Poison, loader, make_module
+
+    out = Path(sys.argv[1])
+    # Rank 1 only (LOCAL_RANK is set in rank 1's environment when its process starts).
+    at = 2 if os.environ.get("LOCAL_RANK") == "1" else -1
+    module = make_module({"ce": CrossEntropy(), "kd": Poison(math.nan, at=at)})
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        # A regression (one rank stops, one waits) then fails in a minute instead of hanging
+        # for gloo's default half hour.
+        strategy=DDPStrategy(timeout=timedelta(seconds=60)),
+        max_epochs=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+    )
+    try:
+        trainer.fit(module, train_dataloaders=loader())
+    except TrainingDiverged as error:
+        (out / f"rank{trainer.global_rank}.txt").write_text(str(error))
+    """
+)
+
+
+@pytest.mark.slow
+def test_under_ddp_every_rank_stops_at_the_step_one_rank_diverged(tmp_path):
+    script = tmp_path / "ddp_nan.py"
+    script.write_text(DDP_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)],
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,  # a hang (the bug this guards against) fails here
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    messages = {(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)}
+    (message,) = messages  # the same on both ranks
+    # Each rank sees half of the 64 samples: 2 steps per epoch, and step 2 is epoch 1's first.
+    assert message.startswith(
+        "the training loss is not finite at step 2 (epoch 1): loss.kd=nan on rank 1. Training "
+        "stopped before this step's update"
+    )
