@@ -1,5 +1,6 @@
-"""The project's two error types: bad user input (`ConfigError`, refused before any work
-starts; exit 2) and an artifact that could not be produced (`ExportError`; exit 1)."""
+"""The project's error types: bad user input (`ConfigError`, refused before any work starts;
+exit 2), an artifact that could not be produced (`ExportError`; exit 1), and a training run
+whose loss or weights stopped being finite (`TrainingDiverged`; exit 1)."""
 
 from __future__ import annotations
 
@@ -18,3 +19,13 @@ class ConfigError(ValueError):
 
 class ExportError(RuntimeError):
     """An artifact could not be produced or failed its checks; nothing was kept."""
+
+
+class TrainingDiverged(RuntimeError):
+    """Training produced a NaN or infinite loss (or weights) and was stopped before anything
+    saved them. The message names the culprits, the step and the epoch (kept as attributes)."""
+
+    def __init__(self, message: str, step: int, epoch: int) -> None:
+        self.step = step
+        self.epoch = epoch
+        super().__init__(message)

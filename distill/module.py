@@ -7,10 +7,13 @@ from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.strategies import Strategy
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics.classification import MulticlassAccuracy
 
+from distill.divergence import finite_everywhere, loss_divergence, weights_divergence
 from distill.errors import ConfigError
 from distill.losses import LossTerm, StepOutputs, WeightedSum
 from distill.taps import FeatureTaps
@@ -146,6 +149,16 @@ class DistillationModule(pl.LightningModule):
         total, terms = self.loss(outputs)
         self.student_taps.clear()
         self.teacher_taps.clear()
+        # Before backward and the update: a NaN never reaches the weights (distill.divergence).
+        if not finite_everywhere(torch.isfinite(total), self.strategy):
+            raise loss_divergence(
+                self.loss.weights,
+                total,
+                terms,
+                self.gather_ranks,
+                self.global_step,
+                self.current_epoch,
+            )
         batch_size = targets.shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
         for name, value in terms.items():
@@ -194,6 +207,38 @@ class DistillationModule(pl.LightningModule):
             agreement(logits, teacher_logits.argmax(dim=-1))
             self.log("test/teacher_acc", teacher_acc)
             self.log("test/agreement", agreement)
+
+    @property
+    def strategy(self) -> Strategy | None:
+        """The Trainer's strategy (how many ranks there are); None without a Trainer, when a
+        step is called directly (benchmarks, tests): one process then."""
+        return self._trainer.strategy if self._trainer is not None else None
+
+    def gather_ranks(self, values: Tensor) -> Tensor:
+        """`values` of every rank, stacked (ranks first) under DDP; as they are otherwise."""
+        if self.strategy is None:
+            return values
+        return cast(Tensor, self.all_gather(values))
+
+    def on_validation_epoch_end(self) -> None:
+        # Before ModelCheckpoint saves (its hook, on_validation_end, comes after this one).
+        if self.trainer.state.fn == TrainerFn.FITTING and not self.trainer.sanity_checking:
+            self.stop_if_weights_not_finite()
+
+    def on_train_epoch_end(self) -> None:
+        # Without validation ModelCheckpoint saves at the end of the training epoch, in a hook
+        # Lightning calls after this one.
+        self.stop_if_weights_not_finite()
+
+    def stop_if_weights_not_finite(self) -> None:
+        """Raise `TrainingDiverged` if an update left a trainable weight NaN or infinite (from a
+        finite loss, an overflow the loss check cannot see); before each checkpoint, one read."""
+        parameters = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        if not parameters:
+            return
+        finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in parameters])
+        if not finite_everywhere(finite, self.strategy):
+            raise weights_divergence(parameters, self.global_step, self.current_epoch)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.trainable_parameters())

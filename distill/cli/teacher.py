@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from distill.cli.train import CONF_DIR, job_overrides
-from distill.errors import ConfigError
+from distill.errors import ConfigError, TrainingDiverged
 
 log = logging.getLogger("distill")
 
@@ -32,6 +32,10 @@ def _teacher(cfg: DictConfig) -> None:
     except ConfigError as error:
         log.error("Configuration error: %s", error)
         sys.exit(2)
+    except TrainingDiverged as error:
+        # As distill-train: a failed run, one line; the cache keeps no entry for this teacher.
+        log.error("Training diverged: %s", error)
+        sys.exit(1)
     for name, facts in teachers.items():
         checkpoint = (facts.get("checkpoint") or {}).get("path")
         accuracy = facts.get("test_acc")

@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from distill.config import CONF_DIR, compose_train
-from distill.errors import ConfigError, ExportError
+from distill.errors import ConfigError, ExportError, TrainingDiverged
 from distill.run_dir_guard import RunDirGuard
 
 log = logging.getLogger("distill")
@@ -57,6 +57,11 @@ def _train(cfg: DictConfig) -> float | None:
     except ExportError as error:
         # Training finished and its outputs are kept; only the export is missing.
         log.error("Export failed, no deployment artifact was kept: %s", error)
+        sys.exit(1)
+    except TrainingDiverged as error:
+        # A failed run (exit 1), not a refused setting (2): the settings were valid, and only
+        # training showed them unstable. An expected failure: one line, no traceback.
+        log.error("Training diverged: %s", error)
         sys.exit(1)
     except Exception:
         # Hydra prints a crash's traceback to the terminal only; the job log keeps it too, so a

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -120,6 +121,11 @@ class WeightedSum(nn.Module):
     @property
     def requires_teacher(self) -> bool:
         return any(term.requires_teacher for term in self.terms.values())
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Each term's weight, by name."""
+        return {name: float(cast(LossTerm, term).weight) for name, term in self.terms.items()}
 
     def forward(self, outputs: StepOutputs) -> tuple[Tensor, dict[str, Tensor]]:
         values = {name: term(outputs) for name, term in self.terms.items()}
