@@ -10,6 +10,7 @@ the tests package.
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -96,6 +97,10 @@ def test_a_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoints(
         assert state and all(torch.isfinite(value).all() for value in state.values())
     for name in STUDENT_FILES:
         assert not (run_dir / name).exists(), name
+    # The run's state says where it stopped and why; a resume would start from last.ckpt.
+    state = json.loads((run_dir / "status.json").read_text())
+    assert (state["state"], state["stage"]) == ("failed", "fit")
+    assert state["error"].startswith("TrainingDiverged: the training loss is not finite at step")
 
 
 def test_a_teacher_whose_loss_turns_nan_fails_and_is_not_cached(tmp_path, monkeypatch, capsys):
