@@ -150,7 +150,7 @@ def test_a_job_preempted_by_sigterm_and_requeued_by_slurm_continues_its_own_run(
         cfg.callbacks = OmegaConf.create(
             {"preempt": {"_target_": f"{__name__}.TerminateAt", "step": PREEMPT_AT_STEP}}
         )
-    with pytest.raises(RunInterrupted) as stopped:
+    with trusting([__name__]), pytest.raises(RunInterrupted) as stopped:
         train(cfg)
     assert stopped.value.exit_status == 143
     assert not (tmp_path / "scontrol.log").exists()  # SIGTERM alone: SLURM decides on requeue
