@@ -61,6 +61,8 @@ def attach_compression(
     compression = Compression()
     if cfg.get("pruning"):
         compression.pruning = build(cfg.pruning, "pruning")
+        if compression.pruning.unit == "epoch":
+            compression.pruning.resolve_schedule(max_epochs)
         compression.pruning.attach(student, example_inputs)
         compression.sparsity_logger = SparsityLogger(compression.pruning)
     if cfg.get("quantization"):

@@ -80,7 +80,8 @@ class PruningCallback(pl.Callback):
                 "no per-layer targets with a global threshold (use scope=layer)",
             )
         self.criterion = criterion
-        self.schedule = schedule
+        self.schedule = schedule  # its fractions of the run become counts in resolve_schedule
+        self.schedule_resolved = False
         self.include = tuple(include)
         self.exclude = tuple(exclude)
         self.keep_first_last_dense = require_bool(
@@ -125,9 +126,26 @@ class PruningCallback(pl.Callback):
         finals = layer_final_sparsities(selected, self.schedule.final_sparsity, self.layer_sparsity)
         self.strategy.attach(model, example_inputs, selected, finals)
 
+    def resolve_schedule(self, run_length: int | None) -> None:
+        """Turn the schedule's fractions into epochs (or steps: `unit`) of a run `run_length`
+        long, and refuse a schedule that would not reach its target within it."""
+        length_name = "trainer.max_epochs" if self.unit == "epoch" else "the fit's optimizer steps"
+        try:
+            self.schedule = self.schedule.resolved(run_length, length_name, self.unit)
+        except ConfigError as error:
+            raise ConfigError(f"pruning.{error.field}", error.value, error.allowed) from error
+        self.schedule_resolved = True
+
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not self.attached:
             self.attach(_student(pl_module), example_inputs_for_attach(trainer, "pruning", self))
+        if not self.schedule_resolved:
+            # Steps are known only now; the pipeline resolves an epoch schedule before any work.
+            length = (
+                trainer.max_epochs if self.unit == "epoch" else trainer.estimated_stepping_batches
+            )
+            finite = length is not None and length not in (-1, float("inf"))
+            self.resolve_schedule(int(length) if length is not None and finite else None)
 
     # -- updates -------------------------------------------------------------------------
     def on_before_optimizer_step(

@@ -12,32 +12,23 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from distill.compression.fake_quant import check_bits
+from distill.compression.run_points import check_point, point_allowed, resolve_point
 from distill.compression.shared_weights import check_sharing_bits
 from distill.errors import ConfigError
-from distill.validate import is_int, require_bool, require_choice, require_int
+from distill.validate import require_bool, require_choice, require_int
 
 BATCHNORM_MODES = ("fold", "freeze")
-EPOCH_ALLOWED = "an epoch number >= 0, or a fraction of trainer.max_epochs in (0, 1)"
+EPOCH_ALLOWED = point_allowed("epoch", "trainer.max_epochs")
 
 
 def check_epoch(field_name: str, value: Any) -> int | float:
     """An epoch: an integer >= 0, or a fraction of trainer.max_epochs in (0, 1)."""
-    if is_int(value) and value >= 0:
-        return int(value)
-    if isinstance(value, float) and 0.0 < value < 1.0:
-        return value
-    raise ConfigError(field_name, value, EPOCH_ALLOWED)
+    return check_point(field_name, value, "epoch", "trainer.max_epochs")
 
 
 def resolve_epoch(field_name: str, value: int | float, max_epochs: int | None) -> int:
     """`value` as an epoch number: integers as they are, fractions of `max_epochs` rounded down."""
-    if isinstance(value, int):
-        return value
-    if max_epochs is None or max_epochs <= 0:
-        raise ConfigError(
-            field_name, value, "an epoch number: a fraction needs trainer.max_epochs to be set"
-        )
-    return int(value * max_epochs)
+    return resolve_point(field_name, value, max_epochs, "trainer.max_epochs")
 
 
 @dataclass(frozen=True)

@@ -483,3 +483,64 @@ def test_every_schedule_changes_only_at_updates_and_ends_at_final(name: str) -> 
     assert values[schedule.last_update] == schedule.final_sparsity == values[-1]
     with pytest.raises(dataclasses.FrozenInstanceError):
         schedule.start = 0  # type: ignore[misc]
+
+
+def test_schedule_points_are_fractions_of_the_run_rounded_down() -> None:
+    fractions = AGPSchedule(final_sparsity=0.5, start=0.1, end=0.5)
+    long_run = fractions.resolved(60, "trainer.max_epochs", "epoch")
+    assert long_run == AGPSchedule(final_sparsity=0.5, start=6, num_updates=24)
+    short_run = fractions.resolved(5, "trainer.max_epochs", "epoch")
+    assert short_run == AGPSchedule(final_sparsity=0.5, start=0, num_updates=2)
+    assert (short_run.last_update, short_run.sparsity_at(4)) == (2, 0.5)
+    # An integer end is a last point: updates stop at the last one on the frequency grid.
+    grid = AGPSchedule(final_sparsity=0.5, start=1, end=8, frequency=3)
+    assert grid.resolved(10, "trainer.max_epochs", "epoch").last_update == 7
+    # num_updates decides the length; `end` (a default in the configs) is not used.
+    counted = AGPSchedule(final_sparsity=0.5, start=1, num_updates=5, end=0.5)
+    assert counted.resolved(20, "trainer.max_epochs", "epoch").last_update == 6
+    assert OneShotSchedule(sparsity=0.5, at=0.2).resolved(5, "n", "epoch").at == 1
+    iterative = IterativeSchedule([[0.2, 0.5], [0.4, 0.7], [9, 0.8]])
+    assert iterative.resolved(10, "n", "epoch").steps == ((2, 0.5), (4, 0.7), (9, 0.8))
+    with pytest.raises(RuntimeError, match="resolved"):
+        fractions.sparsity_at(3)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "length", "field", "message"),
+    [
+        (
+            AGPSchedule(final_sparsity=0.5, start=5, num_updates=25),
+            10,
+            "schedule.num_updates",
+            "a schedule that ends within trainer.max_epochs=10: its last update is at epoch 30 "
+            "and the run's last epoch is 9",
+        ),
+        (
+            AGPSchedule(final_sparsity=0.5, start=0.1, end=0.5),
+            1,
+            "schedule.end",
+            "a point at least schedule.frequency=1 after schedule.start in a run of "
+            "trainer.max_epochs=1 (start 0, end 0)",
+        ),
+        (
+            AGPSchedule(final_sparsity=0.5, start=0.1, end=0.5),
+            None,
+            "schedule.start",
+            "a number: a fraction needs trainer.max_epochs to be set",
+        ),
+        (OneShotSchedule(sparsity=0.5, at=10), 10, "schedule.at", "its last update is at epoch 10"),
+        (
+            IterativeSchedule([[0.2, 0.5], [0.3, 0.7]]),
+            5,
+            "schedule.steps[1][0]",
+            "a step after schedule.steps[0][0] (both are epoch 1 of trainer.max_epochs=5)",
+        ),
+    ],
+)
+def test_a_schedule_that_cannot_finish_within_the_run_is_refused(
+    schedule: SparsitySchedule, length: int | None, field: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        schedule.resolved(length, "trainer.max_epochs", "epoch")
+    assert error.value.field == field
+    assert message in error.value.allowed

@@ -109,9 +109,11 @@ def masks_of(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items() if k.endswith(".mask")}
 
 
-def fit(callback: PruningCallback, steps: int, ckpt_path=None, student=None):
+def fit(callback: PruningCallback, steps: int, ckpt_path=None, student=None, planned=None):
+    """Fit for `steps` optimizer steps, of a run `planned` steps long (a run cut short)."""
     student = student or tiny_cnn()
     callback.attach(student, torch.randn(2, *INPUT_SHAPE))
+    callback.resolve_schedule(planned or steps)
     module = module_for(student)
     run = trainer(steps, callbacks=[callback])
     run.fit(module, train_dataloaders=loader(), ckpt_path=ckpt_path)
@@ -153,7 +155,7 @@ def test_resume_from_a_mid_run_checkpoint_ends_with_the_same_masks(name, tmp_pat
         schedule = OneShotSchedule(sparsity=0.5, at=9)
     uninterrupted, reference = fit(make_callback(name, schedule), steps=16)
 
-    first, _ = fit(make_callback(name, schedule), steps=7)
+    first, _ = fit(make_callback(name, schedule), steps=7, planned=16)
     path = tmp_path / "mid.ckpt"
     first.save_checkpoint(path)
     resumed_callback = make_callback(name, schedule)
