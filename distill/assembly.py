@@ -24,6 +24,7 @@ from distill.compression import PruningCallback, QuantizationCallback, SparsityL
 from distill.config import build, build_named, check_group_overrides
 from distill.data import ClassificationDataModule
 from distill.errors import ConfigError
+from distill.files import require_writable_dir
 from distill.interruption import InterruptCheckpoint
 from distill.losses import WeightedSum
 from distill.module import DistillationModule
@@ -138,6 +139,8 @@ def assemble(cfg: DictConfig) -> AssembledRun:
     specs = teacher_specs(cfg) if loss.requires_teacher else {}
     for spec in specs.values():
         if spec.must_train:
+            assert spec.cache_dir is not None  # a spec that must train has one
+            require_writable_dir(spec.cache_dir_field, spec.cache_dir)
             check_optimizer(
                 spec.build_optimizer(),
                 f"{spec.field}.train.optimizer",
@@ -146,6 +149,8 @@ def assemble(cfg: DictConfig) -> AssembledRun:
             )
     teacher = build_teachers(specs, datamodule, ensemble_rule(cfg)) if specs else None
     use_output_cache, output_cache_reason = plan_teacher_output_cache(cfg, teacher, datamodule)
+    if use_output_cache:
+        require_writable_dir("paths.cache_dir", cfg.paths.cache_dir)
     max_epochs = cfg.trainer.get("max_epochs")
     example = datamodule.example_input_batch(2)
     compression = attach_compression(cfg, student, example, max_epochs)

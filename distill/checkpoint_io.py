@@ -78,3 +78,16 @@ def remove_partial_writes(run_dir: Path) -> list[Path]:
     for path in found:
         path.unlink(missing_ok=True)
     return found
+
+
+def describe_load_failure(path: str | Path, error: Exception) -> str:
+    """Why `torch.load` could not read `path`, in one line. The weights-only unpickler's message
+    leads with advice to load with `weights_only=False`, which a file of unknown origin must
+    never get; its reason comes after "WeightsUnpickler error:". An empty file's error
+    (EOFError) has no text at all."""
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        return "the file is empty"
+    text = str(error).partition("WeightsUnpickler error:")[2] or str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return f"torch cannot read it: {reason}"

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from distill.checkpoint_io import describe_load_failure
 from distill.config import public_name
 from distill.data import ClassificationDataModule
 from distill.errors import ConfigError
@@ -43,7 +44,7 @@ def check_resume_checkpoint(path: Any, field: str = "ckpt_path") -> None:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a corrupt file can fail in any layer of the unpickler
         raise ConfigError(
-            field, path, f"{RESUMABLE} (torch cannot read it: {_load_failure(error)})"
+            field, path, f"{RESUMABLE} ({describe_load_failure(path, error)})"
         ) from error
     if not isinstance(checkpoint, Mapping) or not {"state_dict", "optimizer_states"} <= set(
         checkpoint
@@ -51,15 +52,6 @@ def check_resume_checkpoint(path: Any, field: str = "ckpt_path") -> None:
         raise ConfigError(
             field, path, f"{RESUMABLE} (it holds no model and optimizer state to resume)"
         )
-
-
-def _load_failure(error: Exception) -> str:
-    """The line of a `torch.load` error that says what is wrong with the file. The weights-only
-    unpickler's message leads with advice to load with `weights_only=False`, which a file of
-    unknown origin must never get; its reason comes after "WeightsUnpickler error:"."""
-    text = str(error).partition("WeightsUnpickler error:")[2] or str(error)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def check_fits_data(model: nn.Module, datamodule: ClassificationDataModule, field: str) -> None:

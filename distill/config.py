@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,9 +63,7 @@ def build(node: Any, field: str, expected: type | None = None, **kwargs: Any) ->
             known = cause.field == group or cause.field.startswith(f"{group}.")
             full = cause.field if known else f"{field}.{cause.field}"
             raise ConfigError(full, cause.value, cause.allowed) from cause
-        raise ConfigError(
-            f"{field}._target_", node.get("_target_"), f"a target that can be built ({error})"
-        ) from error
+        raise refused_settings(node, field, cause or error) from error
     if expected is not None and not isinstance(built, expected):
         raise ConfigError(
             f"{field}._target_",
@@ -71,6 +72,48 @@ def build(node: Any, field: str, expected: type | None = None, **kwargs: Any) ->
             f"(this one builds a {public_name(type(built))})",
         )
     return built
+
+
+def refused_settings(node: DictConfig, field: str, error: BaseException) -> ConfigError:
+    """The error for a target that refused its settings (`error`, raised by the constructor),
+    naming the setting it blames where it can tell: an unknown keyword (a typo such as
+    `+loss.kd.temprature=4`) gets the arguments the target takes and the closest one; else the
+    settings whose values the error message quotes (`trainer.precision=13`), else all of them."""
+    target = str(node.get("_target_"))
+    settings = {str(k): v for k, v in node.items() if not str(k).startswith("_")}
+    text = str(error)
+    unknown = re.search(r"unexpected keyword argument '(\w+)'", text)
+    if isinstance(error, TypeError) and unknown:
+        name = unknown.group(1)
+        accepted = _arguments_of(target)
+        close = difflib.get_close_matches(name, accepted, n=1)
+        hint = f" (did you mean {field}.{close[0]}?)" if close else ""
+        return ConfigError(
+            f"{field}.{name}",
+            settings.get(name),
+            f"an argument of {target}: {', '.join(accepted) or 'none'}{hint}",
+        )
+    quoted = {
+        key: value
+        for key, value in settings.items()
+        if isinstance(value, (int, float, str))
+        and not isinstance(value, bool)
+        and re.search(rf"(?<![\w.-]){re.escape(str(value))}(?![\w.-])", text)
+    }
+    reason = " ".join(text.split())[:300]
+    return ConfigError(
+        field, quoted or settings, f"settings {target} accepts ({type(error).__name__}: {reason})"
+    )
+
+
+def _arguments_of(target: str) -> list[str]:
+    """The keyword arguments `target` (a class or function) takes, as its signature says."""
+    try:
+        signature = inspect.signature(hydra.utils.get_object(target))
+    except (ValueError, TypeError, ImportError, AttributeError):
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [name for name, p in signature.parameters.items() if p.kind in kinds]
 
 
 def public_name(cls: type) -> str:

@@ -9,9 +9,12 @@ import logging
 import os
 import secrets
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from distill.errors import ConfigError
 
 # POSIX only; on Windows the atomic rename alone keeps files whole. A `sys.platform` test (not
 # try/except ImportError) so that type checkers know where `fcntl` exists.
@@ -19,6 +22,30 @@ if sys.platform != "win32":
     import fcntl
 
 log = logging.getLogger(__name__)
+
+
+def require_writable_dir(field: str, path: str | Path) -> Path:
+    """Refuse, naming `field`, a directory this process could not write: read-only, a file in
+    the way, a filesystem that takes no new entries. Tried on `path` or its nearest existing
+    parent with a probe file that leaves nothing behind (a refused run must not write), not
+    with `os.access`: root passes permission checks, not read-only mounts."""
+    directory = Path(path).expanduser().absolute()
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "Not a directory", str(existing))
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            field,
+            str(path),
+            f"a directory this user can write (no new file in {existing}: "
+            f"{error.strerror or error})",
+        ) from error
+    return directory
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:

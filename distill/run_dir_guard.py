@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from distill.config import compose_train
 from distill.errors import ConfigError
+from distill.files import require_writable_dir
 from distill.run_state import ensure_fresh_run_dir, process_rank
 
 # What Hydra's app writes before the task starts.
@@ -83,7 +84,11 @@ class RunDirGuard:
                     continue  # another job took this instant's name: take the next one
                 if not resuming:
                     ensure_fresh_run_dir(path)
+                require_writable_dir("hydra.run.dir", path)
                 return cls(path, existed=True)
+            except OSError:
+                require_writable_dir("hydra.run.dir", path)  # refuses, saying why
+                raise
             return cls(path, existed=False)
         raise ConfigError(
             "hydra.run.dir",

@@ -27,6 +27,7 @@ from distill.files import (
     atomic_write_json,
     exclusive_lock,
     remove_abandoned_writes,
+    require_writable_dir,
 )
 from distill.teachers.checkpoint import load_weights
 from distill.teachers.spec import TeacherSpec
@@ -128,12 +129,8 @@ class TeacherCache:
         key = cache_key(material)
         entry = self.entry_dir(key)
         weights, meta_path = self.weights_path(key), entry / "meta.json"
-        try:
-            entry.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise ConfigError(
-                self.field, str(self.directory), f"a writable directory ({error})"
-            ) from error
+        require_writable_dir(self.field, self.directory)
+        entry.mkdir(parents=True, exist_ok=True)
         with exclusive_lock(entry / ".lock"):
             # Every writer of the entry holds this lock: a temporary file found now is the half
             # write of a job killed while it held the lock, and would stay forever.

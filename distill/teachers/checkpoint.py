@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from distill.checkpoint_io import describe_load_failure
 from distill.errors import ConfigError
 
 
@@ -24,7 +25,7 @@ def load_state_dict_file(path: str | Path, field: str) -> dict[str, Tensor]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a corrupt file can fail in any layer of the unpickler
         raise ConfigError(
-            field, str(path), f"a readable torch checkpoint (loading failed: {error})"
+            field, str(path), f"a torch checkpoint ({describe_load_failure(path, error)})"
         ) from error
     if isinstance(payload, Mapping) and "state_dict" in payload:
         payload = payload["state_dict"]
