@@ -19,7 +19,12 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from distill.checkpoint_io import CHECKPOINT_DIR, AtomicCheckpointIO
-from distill.checks import check_fits_data, check_optimizer, check_resume_checkpoint
+from distill.checks import (
+    check_fits_data,
+    check_optimizer,
+    check_resume_checkpoint,
+    check_resume_fits,
+)
 from distill.compression import PruningCallback, QuantizationCallback, SparsityLogger
 from distill.config import build, build_named, check_group_overrides
 from distill.data import ClassificationDataModule
@@ -166,6 +171,8 @@ def assemble(cfg: DictConfig) -> AssembledRun:
         example_inputs=example,
         num_train_samples=len(datamodule.train_dataset),
     )
+    if cfg.get("ckpt_path") is not None:
+        check_resume_fits(cfg.ckpt_path, module)
     # Terms with per-sample state (CRD's memory bank) and cached teacher outputs both look
     # samples up by their index in the training set.
     datamodule.return_indices = module.requires_indices or use_output_cache

@@ -9,11 +9,13 @@ sees the old file or the new one, never half of one.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from torch import Tensor
 
 from distill.cluster.requeue import hpc_checkpoints
 from distill.files import atomic_write
@@ -91,3 +93,28 @@ def describe_load_failure(path: str | Path, error: Exception) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     reason = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
     return f"torch cannot read it: {reason}"
+
+
+def state_mismatch(expected: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> str | None:
+    """What keeps `state` from loading where `expected` is (missing and unexpected keys, other
+    shapes), in one line; None when it fits."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in sorted(set(expected) & set(state))
+        if state[key].shape != expected[key].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_first(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_first(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches {_first(mismatched)}")
+    return "; ".join(problems) or None
+
+
+def _first(items: list[str], count: int = 5) -> str:
+    shown = ", ".join(items[:count])
+    return f"[{shown}{', ...' if len(items) > count else ''}] ({len(items)} in all)"

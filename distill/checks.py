@@ -9,12 +9,12 @@ import logging
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from distill.checkpoint_io import describe_load_failure
+from distill.checkpoint_io import describe_load_failure, state_mismatch
 from distill.config import public_name
 from distill.data import ClassificationDataModule
 from distill.errors import ConfigError
@@ -51,6 +51,27 @@ def check_resume_checkpoint(path: Any, field: str = "ckpt_path") -> None:
     ):
         raise ConfigError(
             field, path, f"{RESUMABLE} (it holds no model and optimizer state to resume)"
+        )
+
+
+def check_resume_fits(path: Any, module: nn.Module, field: str = "ckpt_path") -> None:
+    """The checkpoint at `path` (checked readable already) loads into this run's module: the
+    same student, with the same pruning masks and fake-quant parameters, all of which are
+    state_dict keys. A checkpoint of another architecture or of a recipe that compresses
+    differently is refused here, before the teacher, not by Lightning when the fit starts."""
+    if not isinstance(path, str) or not Path(path).is_file():
+        return  # a keyword or a remote file: Lightning resolves it at fit
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    saved = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("student.")}
+    expected = {k: v for k, v in module.state_dict().items() if k.startswith("student.")}
+    problems = state_mismatch(expected, saved)
+    if problems:
+        student = _target_name(cast(nn.Module, module.student))
+        raise ConfigError(
+            field,
+            path,
+            f"{RESUMABLE}: this run's student ({student}, with its pruning masks and "
+            f"fake-quant state) does not load it: {problems}",
         )
 
 

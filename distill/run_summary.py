@@ -112,4 +112,16 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / SUMMARY_FILE
     if not path.is_file():
         raise ConfigError("run_dir", str(run_dir), f"a finished run (it has no {SUMMARY_FILE})")
-    return json.loads(path.read_text())
+    try:
+        summary = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(
+            "run_dir",
+            str(run_dir),
+            f"a finished run with a whole {SUMMARY_FILE} (it is cut short or not JSON: {error})",
+        ) from error
+    if not isinstance(summary, dict):
+        raise ConfigError(
+            "run_dir", str(run_dir), f"a finished run ({SUMMARY_FILE} holds no JSON object)"
+        )
+    return summary

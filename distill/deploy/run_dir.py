@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from distill.assembly import attach_compression
+from distill.checkpoint_io import describe_load_failure
 from distill.compression.masks import bake_into
 from distill.compression.quantization_callback import QuantizationCallback
 from distill.config import build
@@ -20,6 +20,7 @@ from distill.data import ClassificationDataModule
 from distill.deploy.slim import SlimReport, remove_zero_channels
 from distill.errors import ConfigError
 from distill.files import atomic_write
+from distill.run_summary import read_summary
 from distill.teachers import TeacherSpec, load_weights
 from distill.trust import check_config_targets
 
@@ -93,10 +94,15 @@ def load_student_state(run_dir: Path) -> dict[str, Tensor]:
     Lightning checkpoint of the run."""
     state_path = run_dir / STUDENT_STATE_FILE
     if state_path.is_file():
-        return torch.load(state_path, map_location="cpu", weights_only=True)
+        state = _load(state_path, run_dir)
+        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+            raise ConfigError(
+                "run_dir", str(run_dir), f"a run whose {STUDENT_STATE_FILE} holds a state_dict"
+            )
+        return state
     checkpoint_path = run_dir / LAST_CHECKPOINT
     if checkpoint_path.is_file():
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        checkpoint = _load(checkpoint_path, run_dir)
         prefix = "student."
         return {
             key[len(prefix) :]: value
@@ -109,6 +115,17 @@ def load_student_state(run_dir: Path) -> dict[str, Tensor]:
         f"a run directory holding a trained student ({STUDENT_STATE_FILE} or {LAST_CHECKPOINT}); "
         "this one has neither: did the run finish?",
     )
+
+
+def _load(path: Path, run_dir: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a corrupt file can fail in any layer of the unpickler
+        raise ConfigError(
+            "run_dir",
+            str(run_dir),
+            f"a run whose {path.relative_to(run_dir)} loads ({describe_load_failure(path, error)})",
+        ) from error
 
 
 def load_trained_run(run_dir: Path) -> TrainedRun:
@@ -137,8 +154,7 @@ def load_trained_run(run_dir: Path) -> TrainedRun:
 def load_teacher(cfg: DictConfig, run_dir: Path) -> nn.Module | None:
     """The run's single teacher from the weights file its summary names (cache or checkpoint),
     or None (several teachers, or the file is gone): the report then has no teacher row."""
-    summary_path = run_dir / "summary.json"
-    teacher = json.loads(summary_path.read_text()).get("teacher") or {}
+    teacher = read_summary(run_dir).get("teacher") or {}
     weights = (teacher.get("checkpoint") or {}).get("path")
     if cfg.get("teachers") or not weights:
         return None

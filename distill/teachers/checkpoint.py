@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from distill.checkpoint_io import describe_load_failure
+from distill.checkpoint_io import describe_load_failure, state_mismatch
 from distill.errors import ConfigError
 
 
@@ -44,32 +44,12 @@ def load_state_dict_file(path: str | Path, field: str) -> dict[str, Tensor]:
 def load_weights(model: nn.Module, path: str | Path, field: str) -> nn.Module:
     """Load the checkpoint at `path` into `model`, or explain why it does not fit."""
     state = load_state_dict_file(path, field)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
-        for key in sorted(set(expected) & set(state))
-        if state[key].shape != expected[key].shape
-    ]
-    if missing or unexpected or mismatched:
-        problems = []
-        if missing:
-            problems.append(f"missing keys {_first(missing)}")
-        if unexpected:
-            problems.append(f"unexpected keys {_first(unexpected)}")
-        if mismatched:
-            problems.append(f"shape mismatches {_first(mismatched)}")
+    problems = state_mismatch(model.state_dict(), state)
+    if problems:
         raise ConfigError(
             field,
             str(path),
-            f"a checkpoint of {type(model).__name__} as configured; this one has "
-            + "; ".join(problems),
+            f"a checkpoint of {type(model).__name__} as configured; this one has {problems}",
         )
     model.load_state_dict(state)
     return model
-
-
-def _first(items: list[str], count: int = 5) -> str:
-    shown = ", ".join(items[:count])
-    return f"[{shown}{', ...' if len(items) > count else ''}] ({len(items)} in all)"
