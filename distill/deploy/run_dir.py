@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -82,7 +82,22 @@ def load_run_config(run_dir: Path) -> DictConfig:
         raise ConfigError(
             "run_dir", str(run_dir), f"a distill-train run directory (no {CONFIG_FILE} there)"
         )
-    cfg = cast(DictConfig, OmegaConf.load(path))
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as error:  # YAML's parser and OmegaConf's raise many kinds
+        reason = " ".join(str(error).split())[:200]
+        raise ConfigError(
+            "run_dir",
+            str(run_dir),
+            f"a run whose {path.relative_to(run_dir)} is whole YAML ({reason})",
+        ) from error
+    if not isinstance(cfg, DictConfig) or "student" not in cfg or "paths" not in cfg:
+        raise ConfigError(
+            "run_dir",
+            str(run_dir),
+            f"a run whose {path.relative_to(run_dir)} is a distill-train config (it has no "
+            "student or paths)",
+        )
     check_config_targets(cfg)
     # Hydra's own resolvers are gone outside `distill-train`; the run directory is this one.
     cfg.paths.output_dir = str(run_dir)

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from distill.checks import check_resume_checkpoint
 from distill.cli.train import main
-from distill.config import check_group_overrides
+from distill.config import build, check_group_overrides, compose_train
 
 TINY = [
     "data=digits",
@@ -107,15 +107,109 @@ REFUSALS = {
         ["ckpt_path={tmp}/weights.pt"],
         "ckpt_path='{tmp}/weights.pt' is not allowed",
     ),
+    # Lightning's checkpoints of another student, and of this student without the masks a
+    # pruned run has: both used to fail only when the fit started, after the teacher.
+    "ckpt_other_architecture": (
+        ["ckpt_path={tmp}/other_student.ckpt"],
+        "ckpt_path='{tmp}/other_student.ckpt' is not allowed: the path of a Lightning checkpoint "
+        "of an earlier run of this recipe, or null: this run's student (distill.models.mlp.MLP, "
+        "with its pruning masks and fake-quant state) does not load it: missing keys",
+    ),
+    "ckpt_changed_compression": (
+        ["ckpt_path={tmp}/unpruned.ckpt", "pruning=agp_unstructured", "trainer.max_epochs=2"],
+        "ckpt_path='{tmp}/unpruned.ckpt' is not allowed: the path of a Lightning checkpoint of an "
+        "earlier run of this recipe, or null: this run's student (distill.models.mlp.MLP, with its "
+        "pruning masks and fake-quant state) does not load it: missing keys [student.features.3."
+        "parametrizations.weight.0.mask",
+    ),
+    # A ramp that ends after the last epoch used to exit 0, pruning nothing (a "slim" model
+    # larger than the student). Fractions of the run (the defaults) fit any run of 2+ epochs.
+    "pruning_ramp_in_one_epoch": (
+        ["pruning=channel_l1"],
+        "pruning.schedule.end=0.5 is not allowed",
+    ),
+    "pruning_ramp_after_last_epoch": (
+        [
+            "pruning=channel_l1",
+            "trainer.max_epochs=10",
+            "pruning.schedule.start=5",
+            "pruning.schedule.num_updates=25",
+        ],
+        "pruning.schedule.num_updates=25 is not allowed",
+    ),
+    "pruning_one_shot_after_last_epoch": (
+        ["pruning=nm_2_4", "trainer.max_epochs=2", "pruning.schedule.at=3"],
+        "pruning.schedule.at=3 is not allowed",
+    ),
+    "pruning_steps_on_one_epoch": (
+        ["pruning=iterative_unstructured", "trainer.max_epochs=2"],
+        "pruning.schedule.steps[1][0]=0.4 is not allowed",
+    ),
+    "pruning_final_sparsity_one": (
+        ["pruning=agp_unstructured", "pruning.schedule.final_sparsity=1.0"],
+        "pruning.schedule.final_sparsity=1.0 is not allowed",
+    ),
+    "qat_start_not_an_epoch": (
+        ["quantization=qat_int8", "quantization.start_epoch=1.5"],
+        "quantization.start_epoch=1.5 is not allowed",
+    ),
+    # A misspelled argument used to be blamed on the term's _target_.
+    "loss_argument_misspelled": (
+        ["+loss.kd.temprature=4"],
+        "loss.kd.temprature=4 is not allowed: an argument of distill.losses.SoftTargetKD: "
+        "temperature, weight (did you mean loss.kd.temperature?)",
+    ),
+    "loss_temperature_negative": (["loss.kd.temperature=-1"], "loss.kd.temperature=-1 is not"),
+    "loss_weight_not_a_number": (["loss.kd.weight=abc"], "loss.kd.weight='abc' is not allowed"),
+    "trainer_precision": (["trainer.precision=13"], "trainer={'precision': 13} is not allowed"),
+    "batch_size_zero": (["data.batch_size=0"], "data.batch_size=0 is not allowed"),
+    "threads_zero": (["threads=0"], "threads=0 is not allowed"),
+    "teacher_output_cache_unknown": (
+        ["teacher_output_cache=maybe"],
+        "teacher_output_cache='maybe' is not allowed",
+    ),
+    # Where the teacher would be cached: refused by a write probe (root passes a chmod).
+    "cache_dir_uncreatable": (
+        ["paths.cache_dir=/proc/distill-cache"],
+        "teacher.cache_dir='/proc/distill-cache/teachers' is not allowed: a directory this user "
+        "can write (no new file in /proc",
+    ),
+    "cache_dir_under_a_file": (
+        ["paths.cache_dir={tmp}/a_file/cache"],
+        "teacher.cache_dir='{tmp}/a_file/cache/teachers' is not allowed: a directory this user "
+        "can write (no new file in {tmp}/a_file: Not a directory)",
+    ),
+    # "loading failed: )" said nothing about an empty file.
+    "teacher_checkpoint_empty": (
+        ["teacher.checkpoint={tmp}/empty.ckpt"],
+        "teacher.checkpoint='{tmp}/empty.ckpt' is not allowed: a torch checkpoint (the file is "
+        "empty)",
+    ),
+    "teacher_checkpoint_random_bytes": (
+        ["teacher.checkpoint={tmp}/random.ckpt"],
+        "teacher.checkpoint='{tmp}/random.ckpt' is not allowed: a torch checkpoint (torch cannot "
+        "read it: UnpicklingError",
+    ),
+    "teacher_checkpoint_other_model": (
+        ["teacher.checkpoint={tmp}/weights.pt"],
+        "teacher.checkpoint='{tmp}/weights.pt' is not allowed: a checkpoint of SmallCNN",
+    ),
 }
 
 
 def checkpoint_files(folder: Path) -> None:
-    """Files a resume must refuse: empty, not a pickle, and a bare state_dict (weights only,
-    no training state)."""
+    """Files a run must refuse: empty, not a pickle, a bare state_dict (weights only, no
+    training state), Lightning checkpoints of another student and of this one unpruned, and a
+    file where a directory should be."""
     (folder / "empty.ckpt").write_bytes(b"")
     (folder / "random.ckpt").write_bytes(random.Random(0).randbytes(4096))
     torch.save({"weight": torch.zeros(2)}, folder / "weights.pt")
+    other = {"student.features.0.weight": torch.zeros(8, 1, 3, 3)}
+    torch.save({"state_dict": other, "optimizer_states": [{}]}, folder / "other_student.ckpt")
+    student = build(compose_train(TINY).student, "student")
+    unpruned = {f"student.{key}": value for key, value in student.state_dict().items()}
+    torch.save({"state_dict": unpruned, "optimizer_states": [{}]}, folder / "unpruned.ckpt")
+    (folder / "a_file").write_text("not a directory")
 
 
 @pytest.mark.parametrize(("overrides", "message"), REFUSALS.values(), ids=REFUSALS.keys())
@@ -139,7 +233,7 @@ def test_refused_before_any_work(overrides, message, tmp_path, monkeypatch, caps
     captured = capsys.readouterr()
     output = captured.out + captured.err
     assert exited.value.code == 2, output[-3000:]
-    assert f"Configuration error: {message}: " in output, output[-3000:]
+    assert f"Configuration error: {message}" in output, output[-3000:]
     assert "Traceback" not in output
     assert output.count("Configuration error") == 1
     assert not run_dir.exists()  # Hydra made it for the task; the refusal took it back
@@ -190,13 +284,19 @@ def test_what_lightning_resolves_itself_is_left_to_it(keyword):
             "trainer.max_epoch='3' is not allowed: a key of the config (did you mean "
             "trainer.max_epochs? A new key needs a leading +",
         ),
+        (
+            "hydra.run.dir=/proc/distill-run",
+            "hydra.run.dir='/proc/distill-run' is not allowed: a directory this user can write "
+            "(no new file in /proc",
+        ),
     ],
 )
 def test_what_hydra_cannot_compose_exits_2_naming_the_options_or_close_keys(
     override, message, tmp_path, monkeypatch, capsys
 ):
     run_dir = tmp_path / "run"
-    monkeypatch.setattr(sys, "argv", ["distill-train", override, f"hydra.run.dir={run_dir}"])
+    # The override last: it may name the run directory itself.
+    monkeypatch.setattr(sys, "argv", ["distill-train", f"hydra.run.dir={run_dir}", override])
     with pytest.raises(SystemExit) as exit_:
         main()
     assert exit_.value.code == 2
