@@ -106,7 +106,7 @@ class ImageFolderDataModule(ClassificationDataModule):
         input_shape: ``(channels, height, width)`` of the inputs, which the models are built for.
         image_size: ``(height, width)`` to resize every image to, the last two of
             ``input_shape``; None keeps the images as they are: all must then be that size.
-        channels: 1 (grayscale) or 3 (RGB), the first of ``input_shape`` (its default).
+        channels: 1 (grayscale) or 3 (RGB); must be (and defaults to) ``input_shape[0]``.
         mean, std: per-channel statistics of pixels scaled to ``[0, 1]``; None computes them
             from the training images (the training split, validation included).
         test_fraction: None for the train/test layout, else the share of each class's images
@@ -158,7 +158,9 @@ class ImageFolderDataModule(ClassificationDataModule):
         require_choice("data.channels", channels, tuple(MODES), "1 (grayscale) or 3 (RGB)")
         if channels != shape[0]:
             raise ConfigError(
-                "data.channels", channels, f"{shape[0]}, the channels of data.input_shape={shape}"
+                "data.channels",
+                channels,
+                f"{shape[0]}, the channels of data.input_shape={list(shape)}",
             )
         resize = None
         if image_size is not None:

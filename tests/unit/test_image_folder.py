@@ -383,7 +383,7 @@ def test_layout_refusals_come_before_any_image_is_decoded(tmp_path, monkeypatch)
         ({"test_fraction": 1.5}, "data.test_fraction", "a number in (0, 1), or null"),
         ({"test_fraction": "half"}, "data.test_fraction", "a number in (0, 1), or null"),
         ({"channels": 2, "input_shape": (2, 8, 8)}, "data.channels", "1 (grayscale) or 3 (RGB)"),
-        ({"channels": 1}, "data.channels", "3, the channels of data.input_shape=(3, 8, 8)"),
+        ({"channels": 1}, "data.channels", "3, the channels of data.input_shape=[3, 8, 8]"),
         ({"input_shape": (8, 8)}, "data.input_shape", "[channels, height, width] of the inputs"),
         ({"image_size": (8,)}, "data.image_size", "a sequence of 2 integers >= 1"),
         ({"mean": (0.5,)}, "data.mean", "null (computed from the training images) or 3 numbers"),
