@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -85,6 +86,21 @@ def new_staging_dir(parent: Path, prefix: str) -> Path:
         with contextlib.suppress(FileExistsError):
             staging.mkdir(mode=0o777)
             return staging
+
+
+def remove_abandoned_staging(entry: Path) -> list[Path]:
+    """Delete the staging folders (`new_staging_dir(entry.parent, f".{entry.name}.")`) that jobs
+    killed while filling `entry` left behind; returns them. Only safe while holding the lock
+    that every job filling `entry` holds: a live job's staging folder would go too."""
+    abandoned = [
+        staging
+        for staging in sorted(entry.parent.glob(f".{glob.escape(entry.name)}.*"))
+        if staging.is_dir()
+    ]
+    for staging in abandoned:
+        log.info("Removing %s, left by a job that died filling it", staging)
+        shutil.rmtree(staging, ignore_errors=True)
+    return abandoned
 
 
 def remove_abandoned_writes(path: str | Path) -> list[Path]:

@@ -196,7 +196,7 @@ def provide_teacher(run: AssembledRun) -> dict[str, Any] | None:
     return provide_teachers(
         run.teacher,
         run.teacher_specs,
-        data_fingerprint(cfg.data),
+        data_fingerprint(cfg.data, run.datamodule),
         seed=cfg.seed,
         compute=teacher_compute(cfg.trainer),
         trainer_factory=teacher_trainer_factory(cfg.trainer),
@@ -216,7 +216,7 @@ def use_teacher_output_cache(run: AssembledRun) -> dict[str, Any]:
         run.module.teacher_taps,
         run.datamodule.train_dataset,
         Path(cfg.paths.cache_dir) / "teacher_outputs",
-        material={"data": data_fingerprint(cfg.data), "split_seed": cfg.seed},
+        material={"data": data_fingerprint(cfg.data, run.datamodule), "split_seed": cfg.seed},
     )
     run.module.use_teacher_outputs(outputs)
     return facts

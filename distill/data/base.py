@@ -118,6 +118,12 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
         """True when training inputs change from one epoch to the next."""
         return False
 
+    def content_fingerprint(self) -> str | None:
+        """A hash of the data itself, for data its settings do not pin down (files a user can
+        change in place, such as an image folder); None when the settings alone decide it.
+        Called after :meth:`setup`; the teacher caches key on it (`data_fingerprint`)."""
+        return None
+
     @property
     def num_classes(self) -> int:
         """Number of classes; labels lie in ``[0, num_classes)``."""

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -32,6 +32,9 @@ from distill.files import (
 from distill.teachers.checkpoint import load_weights
 from distill.teachers.spec import TeacherSpec
 
+if TYPE_CHECKING:
+    from distill.data import ClassificationDataModule
+
 log = logging.getLogger(__name__)
 
 # Bump when the meaning of a cached entry changes, so old entries are not reused. 2: the
@@ -43,8 +46,9 @@ log = logging.getLogger(__name__)
 # and the key records the compute it was trained on (accelerator, precision, CPU threads).
 CACHE_FORMAT = 4
 
-# Settings that change how fast data loads but not what a teacher learns from it.
-DATA_KEYS_NOT_IN_CACHE_KEY = ("num_workers", "eval_batch_size")
+# Settings that change how fast data loads but not what a teacher learns from it (cache_dir:
+# where an image folder's decoded pixels are kept).
+DATA_KEYS_NOT_IN_CACHE_KEY = ("num_workers", "eval_batch_size", "cache_dir")
 
 
 @dataclass(frozen=True)
@@ -56,13 +60,21 @@ class CachedTeacher:
     meta: dict[str, Any]
 
 
-def data_fingerprint(data: DictConfig) -> dict[str, Any]:
-    """The data settings (`cfg.data`, resolved) that decide what a teacher sees."""
+def data_fingerprint(
+    data: DictConfig, datamodule: ClassificationDataModule | None = None
+) -> dict[str, Any]:
+    """The data settings (`cfg.data`, resolved) that decide what a teacher sees, and, given the
+    set-up `datamodule` built from them, a hash of the data itself where the settings do not
+    pin it down (an image folder whose files a user can change: `content_fingerprint`)."""
     settings = OmegaConf.to_container(data, resolve=True)
     assert isinstance(settings, dict)
-    return {
+    fingerprint = {
         str(key): value for key, value in settings.items() if key not in DATA_KEYS_NOT_IN_CACHE_KEY
     }
+    content = datamodule.content_fingerprint() if datamodule is not None else None
+    if content is not None:  # absent otherwise: the keys of other data stay as they were
+        fingerprint["content_fingerprint"] = content
+    return fingerprint
 
 
 def teacher_key_material(

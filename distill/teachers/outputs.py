@@ -10,7 +10,6 @@ them computes new outputs. With random augmentation the cache cannot be right an
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
@@ -26,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from distill.files import exclusive_lock, new_staging_dir
+from distill.files import exclusive_lock, new_staging_dir, remove_abandoned_staging
 from distill.taps import FeatureTaps
 
 log = logging.getLogger(__name__)
@@ -84,7 +83,7 @@ def cached_teacher_outputs(
     entry.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with exclusive_lock(entry.parent / f".{entry.name}.lock"):
-        _remove_abandoned_staging(entry)
+        remove_abandoned_staging(entry)
         if (entry / "done").is_file():
             origin = "cache"
             log.info("Reusing cached teacher outputs %s", entry)
@@ -141,15 +140,6 @@ def _compute(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-def _remove_abandoned_staging(entry: Path) -> None:
-    """Delete the staging folders of `entry` left by jobs killed while computing it. Called
-    with the entry's lock held, which every job computing it holds: none is in use."""
-    for staging in entry.parent.glob(f".{glob.escape(entry.name)}.*"):
-        if staging.is_dir():
-            log.info("Removing %s, left by a job that died computing it", staging)
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _file_name(key: str) -> str:

@@ -45,7 +45,7 @@ def prepare_teachers(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         return provide_teachers(
             teacher,
             specs,
-            data_fingerprint(cfg.data),
+            data_fingerprint(cfg.data, datamodule),
             seed=cfg.seed,
             compute=teacher_compute(cfg.trainer),
             trainer_factory=teacher_trainer_factory(cfg.trainer),

@@ -86,6 +86,10 @@ REFUSALS = {
         ["data._target_=collections.OrderedDict"],
         "data._target_='collections.OrderedDict' is not allowed",
     ),
+    "image_folder_missing": (
+        ["data=image_folder", "data.root={tmp}/no_images", "data.num_classes=3"],
+        "data.root='{tmp}/no_images' is not allowed",
+    ),
     "teacher_not_a_module": (
         ["teacher.model._target_=collections.OrderedDict"],
         "teacher.model._target_='collections.OrderedDict' is not allowed",

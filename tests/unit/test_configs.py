@@ -18,6 +18,7 @@ from distill.recipe import recipe_names
 from distill.search import plan_search
 
 from ..conftest import CONF_DIR, config_options
+from .test_image_folder import CLASSES, write_split
 
 # Groups whose options are plain objects, and how to check what comes out.
 GROUPS = [
@@ -71,6 +72,9 @@ def test_config_option_composes_and_instantiates(group, option, compose_cfg, tmp
     if group == "data":
         if option.startswith("cifar"):
             write_tiny_cifar(tmp_path, option)
+        if option == "image_folder":
+            write_split(tmp_path / "data" / "images")  # where paths.data_dir puts data.root
+            cfg.data.num_classes = len(CLASSES)  # null in the file: the user's to give
         datamodule = build(cfg.data, "data")
         assert isinstance(datamodule, ClassificationDataModule)
         datamodule.setup("fit")

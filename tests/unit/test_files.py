@@ -7,7 +7,12 @@ import stat
 
 import pytest
 
-from distill.files import atomic_write, new_staging_dir, remove_abandoned_writes
+from distill.files import (
+    atomic_write,
+    new_staging_dir,
+    remove_abandoned_staging,
+    remove_abandoned_writes,
+)
 
 
 @pytest.fixture
@@ -48,3 +53,21 @@ def test_only_the_temporary_files_of_that_path_are_removed(tmp_path):
     )
     assert target.read_bytes() == b"whole"
     assert remove_abandoned_writes(tmp_path / "absent.json") == []
+
+
+def test_only_the_staging_folders_of_that_entry_are_removed(tmp_path):
+    entry = tmp_path / "abc123"
+    abandoned = [new_staging_dir(tmp_path, prefix=".abc123."), tmp_path / ".abc123.deadbeef"]
+    abandoned[1].mkdir()
+    (abandoned[0] / "pixels.npy").write_bytes(b"half")
+    kept = [tmp_path / ".abc1234.cafe0000", tmp_path / "abc123"]  # another entry's, the entry
+    for folder in kept:
+        folder.mkdir()
+    (tmp_path / ".abc123.lock").touch()  # the entry's lock: a file, never removed
+
+    assert remove_abandoned_staging(entry) == sorted(abandoned)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".abc123.lock",
+        ".abc1234.cafe0000",
+        "abc123",
+    ]
