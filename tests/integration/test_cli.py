@@ -34,7 +34,7 @@ def test_help_lists_the_config_groups(tmp_path):
     result = run_cli("--help", cwd=tmp_path)
     assert result.returncode == 0
     for line in (
-        "data: cifar10, cifar100, digits, mnist1d",
+        "data: cifar10, cifar100, digits, image_folder, mnist1d",
         "loss: at, cc, ce, crd",
         "logger: csv, none",
     ):
