@@ -68,3 +68,23 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _logging_handlers_of_this_test_only() -> Iterator[None]:
+    """Remove the logging handlers a test added. A Hydra app run in-process (distill-train's
+    `main`) installs handlers on the pytest-captured stdout/stderr of that test; later tests
+    would log into those closed streams ("--- Logging error ---" tracebacks on stderr)."""
+    import logging
+
+    loggers = [logging.getLogger(), *map(logging.getLogger, list(logging.root.manager.loggerDict))]
+    before = {id(logger): list(logger.handlers) for logger in loggers}
+    yield
+    for logger in [
+        logging.getLogger(),
+        *map(logging.getLogger, list(logging.root.manager.loggerDict)),
+    ]:
+        kept = before.get(id(logger), [])
+        for handler in list(logger.handlers):
+            if handler not in kept:
+                logger.removeHandler(handler)
