@@ -624,6 +624,25 @@ def _deployed(batchnorm: str, build=Net) -> tuple[nn.Module, nn.Module, Quantiza
     return model, qdq_model, callback
 
 
+@pytest.mark.parametrize(
+    "layer",
+    [
+        nn.Conv1d(3, 4, 3, padding=1, padding_mode="circular"),
+        nn.Conv2d(3, 6, 3, padding=1, groups=3, padding_mode="reflect"),
+        nn.Conv3d(3, 4, 3, padding=1, bias=False),
+        nn.Linear(3, 4),
+    ],
+    ids=["conv1d-circular", "conv2d-grouped-reflect", "conv3d", "linear"],
+)
+def test_qdq_layer_computes_the_layer_with_its_int8_weight(layer):
+    torch.manual_seed(0)
+    qdq_layer = QDQLayer(layer, 8)
+    with torch.no_grad():
+        layer.weight.copy_(qdq_layer.dequantized_weight())
+        x = torch.randn(2, 3, *[5] * (layer.weight.dim() - 2))
+        torch.testing.assert_close(qdq_layer(x), layer(x))
+
+
 def test_folded_and_frozen_batchnorm_deploy_the_same_int8_weights():
     _, folded, callback = _deployed("fold")
     _, frozen, _ = _deployed("freeze")
