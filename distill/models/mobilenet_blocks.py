@@ -30,7 +30,7 @@ def require_dims(dims: object) -> int:
     """1 (Conv1d on `(batch, channels, length)`) or 2 (Conv2d on images)."""
     if isinstance(dims, bool) or dims not in (1, 2):
         raise ConfigError("dims", dims, "1 (signals, Conv1d) or 2 (images, Conv2d)")
-    return int(dims)  # type: ignore[call-overload,unused-ignore]
+    return 1 if dims == 1 else 2
 
 
 def conv(dims: int, *args: object, **kwargs: object) -> nn.Module:
