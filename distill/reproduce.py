@@ -28,6 +28,8 @@ REPRODUCE_MD = "reproduce.md"
 MEASURED = ("bytes", "test_acc", "agreement", "latency_ms_bs1", "latency_ms_bs64")
 # The artifacts the deployment export writes (not those a run without export has).
 EXPORTED = ("compressed", "onnx_fp32", "onnx_int8", "onnx_int8_dynamic", "onnx_int8_ptq_static")
+# The int8 QDQ artifacts, whose entries also count convs and int8 convs (deploy/kernels.py).
+INT8_QDQ = ("onnx_int8", "onnx_int8_ptq_static")
 
 
 def summary_metric_keys(run: AssembledRun) -> set[str]:
@@ -57,6 +59,12 @@ def summary_metric_keys(run: AssembledRun) -> set[str]:
         if quantization is not None and quantization.activations:
             exported.append("onnx_int8_ptq_static")  # the post-training baseline of QAT
         keys |= {f"artifacts.{name}.{number}" for name in exported for number in MEASURED}
+        keys |= {
+            f"artifacts.{name}.{number}"
+            for name in exported
+            if name in INT8_QDQ
+            for number in ("convs", "int8_convs")
+        }
         keys |= {"artifacts.compressed.bytes_dense_fp32", "artifacts.compressed.ratio"}
     if run.cfg.get("baseline"):
         accuracies = [

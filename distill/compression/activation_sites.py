@@ -3,9 +3,12 @@
 onnxruntime runs a conv, matmul or add in int8 only when its inputs come from DequantizeLinear
 and its output goes to QuantizeLinear (DESIGN.md section 3: placing Q/DQ on inputs alone gave no
 speed-up). So the sites are the model input and the outputs of every conv, linear, BatchNorm,
-ReLU and pooling module, and of every custom module (a residual block's output is its `relu(x +
-shortcut)`, the only handle on a functional add). Two refinements, found by one recorded forward
-pass that follows tensors from producer to consumer:
+ReLU, other pointwise activation (ReLU6, hard-swish, hard-sigmoid, SiLU, ...) and pooling module,
+and of every custom module (a residual block's output is its `relu(x + shortcut)`, a
+squeeze-and-excitation block's its `x * gate`: the only handle on a functional add or multiply).
+Modules are recognised by type, never by class name, so a user's own model gets the same
+sites. Two refinements, found by one recorded forward pass that follows tensors from producer to
+consumer:
 
 - a conv or linear whose output goes straight into a BatchNorm is folded with it when deployed,
   so only the BatchNorm's output is a site (quantizing before it would add noise the deployed
@@ -36,23 +39,51 @@ from distill.errors import ConfigError
 INPUT_SITE = "<input>"
 OBSERVERS_ATTR = "activation_quant"
 
-_CONV_LINEAR = (nn.Conv1d, nn.Conv2d, nn.Linear)
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+_CONV_LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _RELUS = (nn.ReLU, nn.ReLU6)
+# Pointwise activations onnxruntime has no int8 kernel for (hard-swish, hard-sigmoid, SiLU...):
+# they run in float between a DequantizeLinear and a QuantizeLinear, so both their input (the
+# output of the layer before) and their output are sites, and the convs around them stay int8.
+_ACTIVATIONS = (
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.GELU,
+    nn.Mish,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.Softplus,
+)
 _SITE_TYPES = (
     *_CONV_LINEAR,
     *_NORMS,
     *_RELUS,
+    *_ACTIVATIONS,
     nn.MaxPool1d,
     nn.MaxPool2d,
     nn.AvgPool1d,
     nn.AvgPool2d,
     nn.AdaptiveAvgPool1d,
     nn.AdaptiveAvgPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool3d,
 )
 # BatchNorm that folds into the layer before it: (layer type, norm type). isinstance, because a
 # parametrized layer's class is a generated subclass (ParametrizedConv1d).
-_FOLDABLE = {(nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Linear, nn.BatchNorm1d)}
+_FOLDABLE = {
+    (nn.Conv1d, nn.BatchNorm1d),
+    (nn.Conv2d, nn.BatchNorm2d),
+    (nn.Conv3d, nn.BatchNorm3d),
+    (nn.Linear, nn.BatchNorm1d),
+}
 
 
 @dataclass

@@ -13,7 +13,7 @@ symmetric scale per output channel, zero point 0; the bias stays float.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import cast
 
 import torch
@@ -40,7 +40,7 @@ class QDQLayer(nn.Module):
     scale: Tensor
     zero_point: Tensor
 
-    def __init__(self, layer: nn.Conv1d | nn.Conv2d | nn.Linear, bits: int) -> None:
+    def __init__(self, layer: nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear, bits: int) -> None:
         super().__init__()
         if bits not in EXPORTABLE_WEIGHT_BITS:
             raise ConfigError(
@@ -56,13 +56,18 @@ class QDQLayer(nn.Module):
         self.qmax = quantizer.qmax
         bias = None if layer.bias is None else layer.bias.detach().clone()
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
-        self.kind = type(layer)
+        self.kind = nn.Linear if isinstance(layer, nn.Linear) else type(layer)
         # Hyper-parameters only: keeping the float layer would carry its weight into the file.
-        self.conv_args = (
-            {key: getattr(layer, key) for key in ("stride", "padding", "dilation", "groups")}
-            if not isinstance(layer, nn.Linear)
-            else {}
-        )
+        self.conv_args: dict = {}
+        self.pad: tuple[Sequence[int], str] | None = None
+        if not isinstance(layer, nn.Linear):
+            self.conv_args = {
+                key: getattr(layer, key) for key in ("stride", "padding", "dilation", "groups")
+            }
+            if layer.padding_mode != "zeros":
+                # What the conv's own forward does: pad first, then convolve without padding.
+                self.pad = (layer._reversed_padding_repeated_twice, layer.padding_mode)
+                self.conv_args["padding"] = 0
 
     def dequantized_weight(self) -> Tensor:
         return _decomposed_ops.dequantize_per_channel(
@@ -73,8 +78,14 @@ class QDQLayer(nn.Module):
         weight = self.dequantized_weight()
         if self.kind is nn.Linear:
             return F.linear(x, weight, self.bias)
-        conv = F.conv1d if self.kind is nn.Conv1d else F.conv2d
-        return conv(x, weight, self.bias, **self.conv_args)
+        if self.pad is not None:
+            x = F.pad(x, self.pad[0], mode=self.pad[1])
+        return _CONVS[weight.dim() - 2](x, weight, self.bias, **self.conv_args)
+
+
+# The functional conv for a weight of 1, 2 or 3 spatial dims (a parametrized layer's class is
+# a generated subclass, so the kind is read off the weight, not the class).
+_CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
 def qdq(scale: float, zero_point: int) -> Callable[[Tensor], Tensor]:
@@ -126,7 +137,7 @@ def build_qdq_model(
             # Attention reads `out_proj.weight` itself instead of calling the layer; it keeps
             # its float weight (which already holds the fake-quantized values).
             continue
-        layer = cast(nn.Conv1d | nn.Conv2d | nn.Linear, model.get_submodule(name))
+        layer = cast(nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear, model.get_submodule(name))
         _replace(model, name, QDQLayer(layer, bits))
     ordered = [site for site in sites if site != INPUT_SITE]
     if INPUT_SITE in sites:

@@ -2,7 +2,9 @@
 
 - `onnx_fp32`: the slimmed (pruned channels removed), baked student; onnxruntime.
 - `onnx_int8`: the QDQ graph with the scales learned in QAT (static post-training calibration
-  when the run did not train with quantization); onnxruntime's int8 kernels.
+  when the run did not train with quantization); onnxruntime's int8 kernels. Its entry and
+  report row say how many convs run as int8 kernels and name every op kept in float
+  (`kernels.py`): an op without an int8 kernel stays float instead of failing the export.
 - `onnx_int8_ptq_static`, `onnx_int8_dynamic`: post-training baselines for the report (static:
   the same observers calibrated on training batches without training; dynamic: int8 weights,
   activation scales computed at run time by onnxruntime).
@@ -40,6 +42,7 @@ from distill.compression.quantization_settings import QuantizationSettings
 from distill.compression.quantizer import Quantizer
 from distill.config import build
 from distill.deploy.compressed import load_compressed, save_compressed
+from distill.deploy.kernels import KernelSummary, summarize_kernels
 from distill.deploy.measure import (
     LATENCY_THREADS,
     TestSet,
@@ -294,6 +297,7 @@ def onnx_int8(context: ExportContext) -> None:
     entry = context.onnx_entry(path, reference, quantized=True)
     entry["method"] = method
     entry["weight_bits"] = sorted(set(quantizer.layers.values()))
+    kernels = _int8_kernels(path, entry)
     if entry["agreement"] < MIN_INT8_AGREEMENT:
         log.warning(
             "onnx_int8 agrees with the fake-quant torch student on %.2f%% of the test set "
@@ -303,7 +307,13 @@ def onnx_int8(context: ExportContext) -> None:
             100 * MIN_INT8_AGREEMENT,
         )
     context.add(
-        "onnx_int8", entry, "onnxruntime", params=slim.params_after, macs=slim.macs_after, **entry
+        "onnx_int8",
+        entry,
+        "onnxruntime",
+        params=slim.params_after,
+        macs=slim.macs_after,
+        note=kernels.note(),
+        **entry,
     )
 
 
@@ -328,8 +338,14 @@ def onnx_int8_ptq_static(context: ExportContext) -> None:
     )
     entry = context.onnx_entry(path, reference, quantized=True)
     entry["method"] = "ptq_static"
+    kernels = _int8_kernels(path, entry)
     context.add(
-        "onnx_int8_ptq_static", entry, "onnxruntime", params=context.slim.params_after, **entry
+        "onnx_int8_ptq_static",
+        entry,
+        "onnxruntime",
+        params=context.slim.params_after,
+        note=kernels.note(),
+        **entry,
     )
 
 
@@ -366,6 +382,25 @@ BUILDERS: tuple[Callable[[ExportContext], None], ...] = (
 
 
 _MEASURED = ("test_acc", "agreement", "latency_ms_bs1", "latency_ms_bs64")
+
+
+def _int8_kernels(path: Path, entry: dict[str, Any]) -> KernelSummary:
+    """Add to `entry` how many convs onnxruntime runs as int8 kernels and which ops it keeps in
+    float (an op it has no int8 kernel for, or one whose inputs are not quantized); say so in
+    the log when a conv stays float."""
+    kernels = summarize_kernels(path)
+    entry.update(kernels.entry())
+    if kernels.int8_convs < kernels.convs:
+        log.warning(
+            "%s: onnxruntime runs %d of %d convs as int8 kernels; %s. A conv stays float when "
+            "its input or output is not quantized, e.g. after a functional op (F.relu, "
+            "torch.cat) that is not a module's output",
+            path.name,
+            kernels.int8_convs,
+            kernels.convs,
+            kernels.note(),
+        )
+    return kernels
 
 
 def _quantize_dynamic(fp32_path: Path, path: Path) -> Path:

@@ -8,6 +8,7 @@ other than the graph that was verified.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import logging
@@ -66,11 +67,52 @@ def export_onnx(model: nn.Module, example_inputs: Tensor, path: Path) -> Path:
 
 def _strip_debug_metadata(path: Path) -> None:
     """Drop the exporter's per-node debug strings (fx node, stack trace with local paths): on
-    a small student they are most of the file, and they say nothing a runtime needs."""
+    a small student they are most of the file, and they say nothing a runtime needs. What they
+    say that a reader needs, the module each node comes from, becomes the node's name."""
     model = onnx.load(str(path))
+    _name_nodes_by_module(model.graph)
     for node in model.graph.node:
         del node.metadata_props[:]
     onnx.save(model, str(path))
+
+
+# Separates the module path from the op in a node name: `features.3.se/mul`.
+NODE_NAME_SEPARATOR = "/"
+
+
+def _name_nodes_by_module(graph: onnx.GraphProto) -> None:
+    """Name each node `<module path>/<op>` (`features.3.depthwise.0/conv2d`) from the exporter's
+    name scopes, so a node onnxruntime keeps in float can be reported by the module it runs in;
+    onnxruntime keeps the names of the nodes it fuses and of those it leaves alone. Names stay
+    unique; a node without scopes keeps the exporter's name."""
+    scoped = [(node, _name_scopes(node)) for node in graph.node]
+    used = {node.name for node, scopes in scoped if not scopes}
+    for node, scopes in scoped:
+        if not scopes:
+            continue
+        # Each scope is a full module path ('', 'features', 'features.0', ...); the innermost
+        # is the module the node runs in.
+        *modules, op = scopes
+        module = next((scope for scope in reversed(modules) if scope), "")
+        base = f"{module}{NODE_NAME_SEPARATOR}{op}" if module else op
+        name, index = base, 1
+        while name in used:
+            index += 1
+            name = f"{base}_{index}"
+        used.add(name)
+        node.name = name
+
+
+def _name_scopes(node: onnx.NodeProto) -> list[str]:
+    """The exporter's `pkg.torch.onnx.name_scopes` of a node: the paths of the modules it runs
+    in, outermost first (the model itself is ''), then its fx node's name."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            with contextlib.suppress(ValueError, SyntaxError):
+                scopes = ast.literal_eval(prop.value)
+                if isinstance(scopes, list) and all(isinstance(s, str) for s in scopes):
+                    return scopes
+    return []
 
 
 @contextlib.contextmanager

@@ -70,6 +70,13 @@ def test_int8_onnx_carries_the_learned_scales_and_agrees_with_the_fake_quant_stu
     int8 = summary["artifacts"]["onnx_int8"]
     assert int8["method"] == "qat" and int8["weight_bits"] == [8]
     assert int8["agreement"] >= 0.99
+    # Both convs run as int8 kernels; the max-pools and the global pool stay float, by name.
+    assert (int8["convs"], int8["int8_convs"]) == (2, 2)
+    assert int8["float_ops"] == [
+        "MaxPool at features.3",
+        "MaxPool at features.7",
+        "ReduceMean at avgpool",
+    ]
     # Checked in onnxruntime with graph optimizations off and on.
     assert int8["opt_agreement"] >= 0.99
     assert summary["quantization"]["folded"] is True
@@ -111,6 +118,11 @@ def test_report_puts_every_model_side_by_side(qat_run):
     assert names[:2] == ["teacher", "student"] and set(RUNNABLE) <= set(names)
     markdown = (run_dir / summary["artifacts"]["report_md"]["path"]).read_text()
     assert all(f"| {name} |" in markdown for name in names)
+    # The int8 rows say what onnxruntime runs in int8 and name what it keeps in float.
+    assert (
+        "**onnx_int8**: int8 kernels for 2 of 2 convs; kept in float: MaxPool x2 (features.3, "
+        "features.7); ReduceMean x1 (avgpool)"
+    ) in markdown
 
 
 def _copy_run(run_dir: Path, tmp_path: Path) -> Path:
@@ -211,8 +223,9 @@ def test_the_keys_a_recipe_may_expect_are_the_numbers_the_summary_holds(qat_run)
 
     _, summary, cfg = qat_run
     # What the run wrote, without the numbers no recipe should pin: wall times, counts of
-    # encodings and channels (slim.params says it), the optimized ONNX files' own checks, the
-    # sizes of files that are records rather than deliverables (reports, checkpoints).
+    # encodings, channels (slim.params says it) and int8 kernels by type (int8_convs says
+    # it), the optimized ONNX files' own checks, the sizes of files that are records rather
+    # than deliverables (reports, checkpoints).
     records = ("artifacts.report_", "artifacts.checkpoint_", "teacher.checkpoint.")
     written = {
         key
@@ -220,6 +233,7 @@ def test_the_keys_a_recipe_may_expect_are_the_numbers_the_summary_holds(qat_run)
         if not key.startswith(("timing.", "seed", "data.", "quantization.", *records))
         and ".channels." not in key
         and ".encodings." not in key
+        and ".int8_kernels." not in key
         and ".opt_" not in key
         and not key.endswith(".weight_bits")
     }

@@ -62,7 +62,8 @@ def write_tiny_cifar(root, variant):
 def test_config_option_composes_and_instantiates(group, option, compose_cfg, tmp_path):
     overrides = [f"{group}={option}"]
     # Image models are paired with digits, an image dataset that needs no files.
-    if group == "student" and option not in {"cnn1d_small", "mlp", "gru", "transformer"}:
+    one_d = {"cnn1d_small", "mlp", "gru", "transformer"}
+    if group == "student" and option not in one_d and not option.endswith("_1d"):
         overrides += ["data=digits", "teacher=cnn2d_digits"]
     if group == "teacher" and not option.endswith("mnist1d"):
         overrides += ["data=digits", "student=cnn2d_small"]

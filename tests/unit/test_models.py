@@ -14,6 +14,8 @@ from distill.models import (
     MLP,
     CifarResNet,
     ConvNet1D,
+    MobileNetV2,
+    MobileNetV3Small,
     SmallCNN,
     WideResNet,
     resnet8x4,
@@ -67,6 +69,27 @@ SETTINGS: list = [
     pytest.param(lambda: wrn_16_2(), (3, 32, 32), 100, id="wrn_16_2"),
     pytest.param(lambda: wrn_40_2(), (3, 32, 32), 100, id="wrn_40_2"),
     pytest.param(lambda: wrn_16_4(10, in_channels=1), (1, 8, 8), 10, id="wrn_16_4-digits"),
+    pytest.param(lambda: MobileNetV2(10, width_mult=0.25), (3, 32, 32), 10, id="mobilenetv2"),
+    pytest.param(
+        lambda: MobileNetV2(10, 1, 0.25, dims=1, last_channels=64),
+        (1, 40),
+        10,
+        id="mobilenetv2-1d",
+    ),
+    # Not 8x8: at 1x1 after the last downsampling every shift is constant and the next
+    # train-mode BatchNorm removes it, so the biases before it get exactly zero gradient.
+    pytest.param(
+        lambda: MobileNetV2(7, 1, 0.25, last_channels=32), (1, 16, 16), 7, id="mobilenetv2-gray"
+    ),
+    pytest.param(
+        lambda: MobileNetV3Small(10, width_mult=0.25), (3, 32, 32), 10, id="mobilenetv3_small"
+    ),
+    pytest.param(
+        lambda: MobileNetV3Small(10, 1, 0.25, dims=1, last_channels=64),
+        (40,),
+        10,
+        id="mobilenetv3_small-1d-no-channel-dim",
+    ),
 ]
 
 
@@ -134,6 +157,22 @@ def test_convnet1d_accepts_single_channel_input_without_channel_dim() -> None:
             ["conv1", "layer1.0.bn1", "layer1.0.shortcut", "layer3.1.conv2", "bn_final", "fc"],
             id="wrn",
         ),
+        pytest.param(
+            MobileNetV2,
+            [
+                *["features.0.0", "features.1.depthwise.0", "features.2.expand.1"],
+                *["features.17.project.1", "features.18.2", "pool", "dropout", "classifier"],
+            ],
+            id="mobilenetv2",
+        ),
+        pytest.param(
+            MobileNetV3Small,
+            [
+                *["features.0.2", "features.1.se.fc1", "features.1.se.gate", "features.2.expand.0"],
+                *["features.11.project.1", "features.12.0", "head.0", "head.1", "classifier"],
+            ],
+            id="mobilenetv3_small",
+        ),
     ],
 )
 def test_layer_names_are_stable(build: Callable[[], nn.Module], names: list[str]) -> None:
@@ -185,6 +224,23 @@ INVALID = [
         WideResNet, {"depth": 16, "widen_factor": 2, "dropout": -0.1}, "dropout", id="wrn-dropout"
     ),
     pytest.param(wrn_40_2, {"num_classes": 2.5}, "num_classes", id="wrn_40_2-classes"),
+    pytest.param(MobileNetV2, {"width_mult": 0}, "width_mult", id="mobilenetv2-width"),
+    pytest.param(MobileNetV2, {"dims": 3}, "dims", id="mobilenetv2-dims"),
+    pytest.param(MobileNetV2, {"layout": "mobile"}, "layout", id="mobilenetv2-layout"),
+    pytest.param(MobileNetV2, {"blocks": [[6, 24, 2]]}, "blocks[0]", id="mobilenetv2-row"),
+    pytest.param(MobileNetV2, {"blocks": []}, "blocks", id="mobilenetv2-no-blocks"),
+    pytest.param(MobileNetV2, {"dropout": 1.0}, "dropout", id="mobilenetv2-dropout"),
+    pytest.param(MobileNetV3Small, {"dims": True}, "dims", id="mobilenetv3-dims"),
+    pytest.param(
+        MobileNetV3Small,
+        {"blocks": [[3, 16, 16, True, "swish", 2]]},
+        "blocks[0]",
+        id="mobilenetv3-activation",
+    ),
+    pytest.param(
+        MobileNetV3Small, {"blocks": [[3, 16, 16, 1, "relu", 2]]}, "blocks[0]", id="mobilenetv3-se"
+    ),
+    pytest.param(MobileNetV3Small, {"last_channels": 0}, "last_channels", id="mobilenetv3-last"),
 ]
 
 

@@ -224,3 +224,33 @@ def test_sparsity_logger_logs_exactly_weight_sparsity_at_each_update(logger_firs
         target = round(schedule.sparsity_at(step) * 192) / 192  # 8x8x3 weights
         assert metrics["sparsity/3"] == metrics["sparsity/6"] == target
         assert metrics["sparsity/0"] == metrics["sparsity/10"] == 0.0
+
+
+def test_channel_groups_of_mobile_blocks_couple_depthwise_se_and_residual_adds():
+    from distill.compression.selection import select_layers
+    from distill.models import MobileNetV3Small
+
+    blocks = [
+        [3, 16, 16, True, "relu", 1],  # no expand conv: its depthwise is the stem's channels
+        [3, 32, 16, False, "relu", 1],  # residual
+        [5, 48, 24, True, "hardswish", 2],
+        [5, 64, 24, True, "hardswish", 1],  # residual, with SE
+    ]
+    model = MobileNetV3Small(10, 3, 1.0, blocks=blocks, last_channels=32)
+    example = torch.randn(2, 3, 8, 8)
+    groups = {g.producers: g for g in find_channel_groups(model, example, select_layers(model))}
+    # A depthwise conv reads and writes the same channels: it is cut with the expand conv
+    # before it, and so is the SE expansion that gates them (the product ties them).
+    expand = ("features.4.expand.0", "features.4.depthwise.0", "features.4.se.fc2")
+    assert groups[expand].norms == ("features.4.expand.1", "features.4.depthwise.1")
+    assert groups[expand].channels == 64
+    assert ("features.2.expand.0", "features.2.depthwise.0") in groups  # no SE there
+    # The SE squeeze is a group of its own; a residual add ties the projections it sums.
+    assert groups[("features.4.se.fc1",)].channels == 16
+    assert groups[("features.3.project.0", "features.4.project.0")].channels == 24
+    # The first block's depthwise conv and SE expansion, and through two residual adds the
+    # first two projections, write the stem's channels; the stem is kept dense
+    # (keep_first_last_dense), so that group is left whole.
+    pruned = {name for producers in groups for name in producers}
+    stem_group = {"features.0.0", "features.1.depthwise.0", "features.1.se.fc2"}
+    assert not pruned & (stem_group | {"features.1.project.0", "features.2.project.0"})

@@ -367,6 +367,63 @@ def test_inplace_relu_outputs_are_sites():
     assert sites.names == SEQUENTIAL_SITES
 
 
+class Gate(nn.Module):
+    """Squeeze-and-excitation written as a user would: a functional multiply ends forward."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Conv2d(channels, channels, 1)
+        self.sigmoid = nn.Hardsigmoid()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.sigmoid(self.fc(self.pool(x)))
+
+
+def mobile_features() -> nn.Sequential:
+    """Conv-BN-Hardswish, depthwise conv-BN-ReLU6, SiLU, a gate, pool, Linear: plain torch
+    containers, so only module types (never a class of ours) can make sites of them."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.Hardswish(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU6(),
+        nn.Conv2d(8, 8, 1),
+        nn.SiLU(),
+        Gate(8),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, NUM_CLASSES),
+    )
+
+
+class Mobile(nn.Module):
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.features = mobile_features()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.features(x)
+
+
+def test_sites_of_hardswish_depthwise_relu6_and_a_gated_multiply():
+    sites = find_activation_sites(mobile_features(), inputs(2))
+    # A BatchNorm feeding hard-swish is a site (its output is the float op's input, and onnxruntime
+    # has no int8 hard-swish); one feeding ReLU6 is not (Clip drops before QuantizeLinear). The
+    # gate's Hardsigmoid output and its product (the custom module's output) are sites, so the
+    # multiply's inputs and output are all quantized.
+    assert sites.names == [
+        INPUT_SITE,
+        *["1", "2", "5", "6", "7"],
+        *["8.pool", "8.fc", "8.sigmoid", "8"],
+        *["9", "11"],
+    ]
+    assert sites.folds == {"0": "1", "3": "4"}
+
+
 # -- QuantizationCallback: settings ------------------------------------------------------------
 
 
@@ -567,6 +624,25 @@ def _deployed(batchnorm: str, build=Net) -> tuple[nn.Module, nn.Module, Quantiza
     return model, qdq_model, callback
 
 
+@pytest.mark.parametrize(
+    "layer",
+    [
+        nn.Conv1d(3, 4, 3, padding=1, padding_mode="circular"),
+        nn.Conv2d(3, 6, 3, padding=1, groups=3, padding_mode="reflect"),
+        nn.Conv3d(3, 4, 3, padding=1, bias=False),
+        nn.Linear(3, 4),
+    ],
+    ids=["conv1d-circular", "conv2d-grouped-reflect", "conv3d", "linear"],
+)
+def test_qdq_layer_computes_the_layer_with_its_int8_weight(layer):
+    torch.manual_seed(0)
+    qdq_layer = QDQLayer(layer, 8)
+    with torch.no_grad():
+        layer.weight.copy_(qdq_layer.dequantized_weight())
+        x = torch.randn(2, 3, *[5] * (layer.weight.dim() - 2))
+        torch.testing.assert_close(qdq_layer(x), layer(x))
+
+
 def test_folded_and_frozen_batchnorm_deploy_the_same_int8_weights():
     _, folded, callback = _deployed("fold")
     _, frozen, _ = _deployed("freeze")
@@ -590,7 +666,7 @@ def test_folded_and_frozen_batchnorm_deploy_the_same_int8_weights():
 
 
 @pytest.mark.parametrize("batchnorm", ["fold", "freeze"])
-@pytest.mark.parametrize("build", [Net, ResNet], ids=["net", "resnet"])
+@pytest.mark.parametrize("build", [Net, ResNet, Mobile], ids=["net", "resnet", "mobile"])
 def test_qdq_model_matches_the_fake_quant_student(batchnorm, build):
     student, qdq_model, callback = _deployed(batchnorm, build)
     float_model = with_stats(build()).eval()
@@ -600,7 +676,7 @@ def test_qdq_model_matches_the_fake_quant_student(batchnorm, build):
     with torch.no_grad():
         simulated, deployed, floating = student(probe), qdq_model(probe), float_model(probe)
     logits_site = callback.sites.names[-1]  # the classifier's output
-    assert logits_site in ("fc", "features.8")
+    assert logits_site in ("fc", "features.8", "features.11")
     output_step = float(observers_of(student)[logits_site].qparams()[0])
     diff = (deployed - simulated).abs().max()
     # At most one step of the uint8 logits grid apart, and far closer than the float model.

@@ -237,6 +237,42 @@ def test_resnet20_channel_zero_in_the_whole_residual_group_is_removed() -> None:
     outputs_match(model, slim, x)
 
 
+def test_mobilenet_channels_zero_through_expand_depthwise_and_se_are_removed() -> None:
+    from distill.models import MobileNetV3Small
+
+    blocks = [[3, 16, 16, True, "relu", 2], [5, 48, 24, True, "hardswish", 1]]
+    model = randomize_norms(MobileNetV3Small(10, 3, 1.0, blocks=blocks, last_channels=32))
+    block = "features.2"
+    # Channel 5 of the expansion: the expand conv and BN, the depthwise conv and BN, and the SE
+    # expansion gating it (hard-sigmoid(0) = 0.5 multiplies a zero, so the output stays exact).
+    zero_channels(model, f"{block}.expand.0", [5, 7], norm=f"{block}.expand.1")
+    zero_channels(model, f"{block}.depthwise.0", [5, 7], norm=f"{block}.depthwise.1")
+    zero_channels(model, f"{block}.se.fc2", [5, 7])
+    x = torch.randn(2, 3, 16, 16)
+
+    zero = find_zero_channels(model, x)
+    writers = ("expand.0", "depthwise.0", "se.fc2")
+    assert zero == {f"{block}.{layer}": [5, 7] for layer in writers}
+    slim = remove_zero_channels(model, x).model
+    assert all(slim.get_submodule(f"{block}.{layer}").out_channels == 46 for layer in writers)
+    assert slim.get_submodule(f"{block}.depthwise.0").groups == 46
+    assert slim.get_submodule(f"{block}.se.fc1").in_channels == 46
+    assert slim.get_submodule(f"{block}.project.0").in_channels == 46
+    outputs_match(model, slim, x)
+
+
+def test_mobilenet_depthwise_channel_zero_but_gated_by_a_live_se_is_kept() -> None:
+    from distill.models import MobileNetV3Small
+
+    blocks = [[3, 16, 16, True, "relu", 2], [5, 48, 24, True, "hardswish", 1]]
+    model = randomize_norms(MobileNetV3Small(10, 3, 1.0, blocks=blocks, last_channels=32))
+    # The expand and depthwise rows are zero but the SE expansion still writes channel 5: its
+    # gate multiplies a zero, yet the group is only cut when every writer is zero.
+    zero_channels(model, "features.2.expand.0", [5], norm="features.2.expand.1")
+    zero_channels(model, "features.2.depthwise.0", [5], norm="features.2.depthwise.1")
+    assert find_zero_channels(model, torch.randn(2, 3, 16, 16)) == {}
+
+
 class TwoBranchConcat(nn.Module):
     """Two conv branches concatenated along channels, then a 1x1 conv: index offsets matter."""
 
