@@ -147,7 +147,7 @@ REFUSALS = {
     ),
     "pruning_steps_on_one_epoch": (
         ["pruning=iterative_unstructured", "trainer.max_epochs=2"],
-        "pruning.schedule.steps[1][0]=0.4 is not allowed",
+        "pruning.schedule.steps[1][0]=0.34 is not allowed",
     ),
     "pruning_final_sparsity_one": (
         ["pruning=agp_unstructured", "pruning.schedule.final_sparsity=1.0"],
