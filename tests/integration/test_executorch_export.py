@@ -1,21 +1,46 @@
-"""ExecuTorch .pte files of tiny in-file models: they match the torch model they came from
-(fp32), or agree with it (int8), and an op ExecuTorch cannot lower is named."""
+"""The ExecuTorch artifacts: .pte files that match the torch model they came from, a run's
+export that lists them, and a run without executorch that exports everything else and says so."""
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from distill.assembly import check_run_settings
+from distill.deploy.artifacts import export_run
 from distill.deploy.pte import METHODS, PteModel, installed, quantize_for_xnnpack, save_pte
-from distill.errors import ExportError
+from distill.errors import ConfigError, ExportError
+from distill.pipeline import train
+from tests.conftest import compose_train
 
 needs_executorch = pytest.mark.skipif(
     not installed(), reason="executorch is not installed: pip install 'distill[edge]'"
 )
 
+PTE_ARTIFACTS = ("executorch_fp32", "executorch_int8")
+TINY_DIGITS = [
+    "data=digits",
+    "teacher=cnn2d_digits",
+    "student=cnn2d_small",
+    "teacher.train.max_epochs=3",
+    "trainer.max_epochs=2",
+    "pruning=channel_l1",
+    "pruning.schedule.start=0",
+    "pruning.schedule.num_updates=1",
+    "export_executorch=auto",
+    "export_latency_repeats=1",
+    "threads=1",
+    "logger=none",
+    "callbacks=none",
+    "trainer.enable_progress_bar=false",
+]
 # int8 .pte (XNNPACK's post-training int8) against the float model, on the 397 digits of the
 # test split: TinyCNN trained with seeds 0-5 agreed on 0.987-1.0 (seed 0: 0.9975; the flips are
 # near-ties of a ~89% model), and the .pte agreed with its quantized torch graph on 1.0 each
@@ -125,3 +150,68 @@ def test_an_op_executorch_cannot_lower_is_named_and_no_file_is_left(tmp_path):
     with pytest.raises(ExportError, match=r"model\.pte: ExecuTorch cannot lower op .*bessel_j0"):
         save_pte(_Bessel(), torch.randn(1, 4), tmp_path / "model.pte")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["maybe", 1, "true", None])
+def test_the_switch_takes_auto_true_or_false(value, tmp_path):
+    cfg = compose_train([*TINY_DIGITS, f"export_executorch={json.dumps(value)}"], tmp_path)
+    with pytest.raises(ConfigError, match=r"export_executorch=.* is not allowed: auto .*or false"):
+        check_run_settings(cfg)
+
+
+@pytest.fixture(scope="module")
+def pte_run(tmp_path_factory, one_thread) -> tuple[Path, dict]:
+    """A tiny pruned + QAT digits run whose export makes the .pte files."""
+    root = tmp_path_factory.mktemp("pte")
+    summary = train(compose_train(TINY_DIGITS, root))
+    return root / "run", summary
+
+
+@needs_executorch
+def test_the_export_lists_the_pte_files_measured_like_every_artifact(pte_run):
+    run_dir, summary = pte_run
+    artifacts = summary["artifacts"]
+    files = ("student_xnnpack.pte", "student_xnnpack_int8.pte")
+    for name, file in zip(PTE_ARTIFACTS, files, strict=True):
+        entry = artifacts[name]
+        assert entry["path"] == f"export/{file}"
+        assert (run_dir / entry["path"]).stat().st_size == entry["bytes"]
+        assert 0.0 <= entry["test_acc"] <= 1.0 and entry["agreement"] is not None
+        assert entry["latency_ms_bs1"] > 0 and entry["latency_ms_bs64"] > 0
+    fp32, int8 = artifacts["executorch_fp32"], artifacts["executorch_int8"]
+    # The slim student (pruned channels removed), checked against torch: same predictions.
+    assert fp32["agreement"] == 1.0 and fp32["max_abs_diff"] < 1e-4
+    assert fp32["test_acc"] == artifacts["onnx_fp32"]["test_acc"]
+    assert int8["method"] == "ptq_static_xnnpack" and int8["pt2e_agreement"] >= 0.99
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    assert set(PTE_ARTIFACTS) <= {row["name"] for row in on_disk["deployment"]}
+    markdown = (run_dir / artifacts["report_md"]["path"]).read_text()
+    assert "| executorch_fp32 | ExecuTorch (XNNPACK) |" in markdown
+
+
+@needs_executorch  # the run directory comes from a run that made the .pte files
+def test_without_executorch_the_rest_is_exported_and_the_report_says_why(
+    pte_run, tmp_path, without_executorch, caplog
+):
+    copy = tmp_path / "copy"
+    shutil.copytree(pte_run[0], copy)
+    caplog.set_level(logging.INFO, logger="distill")
+    entries = export_run(copy, latency_repeats=1)
+    assert not set(PTE_ARTIFACTS) & entries.keys()
+    assert {"onnx_fp32", "onnx_int8", "compressed", "report_md"} <= entries.keys()
+    assert not list((copy / "export").glob("*.pte"))  # the previous export's are gone too
+    summary = json.loads((copy / "summary.json").read_text())
+    assert summary["status"] == "complete"
+    (row,) = [row for row in summary["deployment"] if row["name"] == "executorch"]
+    assert row["note"].startswith("skipped: executorch is not installed")
+    assert "pip install 'distill[edge]'" in (copy / "export" / "report.md").read_text()
+    assert "No ExecuTorch .pte: executorch is not installed" in caplog.text
+
+
+def test_asking_for_the_pte_without_executorch_is_refused_before_training(
+    tmp_path, without_executorch
+):
+    cfg = compose_train([*TINY_DIGITS, "export_executorch=true"], tmp_path)
+    with pytest.raises(ConfigError, match=r"export_executorch=True .*not installed"):
+        train(cfg)
+    assert not (tmp_path / "cache").exists()  # no teacher was trained
