@@ -28,6 +28,7 @@ from distill.checks import (
 from distill.compression import PruningCallback, QuantizationCallback, SparsityLogger
 from distill.config import build, build_named, check_group_overrides
 from distill.data import ClassificationDataModule
+from distill.deploy.pte import check_setting as check_pte_setting
 from distill.errors import ConfigError
 from distill.files import require_writable_dir
 from distill.interruption import InterruptCheckpoint
@@ -119,6 +120,7 @@ def check_run_settings(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     # given its length (the LR schedule and a fractional quantization.start_epoch need it).
     require_int("trainer.max_epochs", cfg.trainer.get("max_epochs"), minimum=1)
     require_int("export_latency_repeats", cfg.get("export_latency_repeats", 20), minimum=1)
+    check_pte_setting(cfg.get("export_executorch", "auto"), exporting=exports(cfg))
     if cfg.get("ckpt_path") is not None:
         check_resume_checkpoint(cfg.ckpt_path)
 

@@ -16,6 +16,8 @@ from typing import Any
 
 from distill.assembly import AssembledRun
 from distill.compression.sparsity import weight_sparsity
+from distill.deploy.pte import INSTALL_HINT
+from distill.deploy.pte import planned as pte_planned
 from distill.errors import ConfigError
 from distill.files import atomic_write, atomic_write_json
 from distill.recipe import Expectation, Recipe
@@ -30,6 +32,8 @@ MEASURED = ("bytes", "test_acc", "agreement", "latency_ms_bs1", "latency_ms_bs64
 EXPORTED = ("compressed", "onnx_fp32", "onnx_int8", "onnx_int8_dynamic", "onnx_int8_ptq_static")
 # The int8 QDQ artifacts, whose entries also count convs and int8 convs (deploy/kernels.py).
 INT8_QDQ = ("onnx_int8", "onnx_int8_ptq_static")
+# With export_executorch (auto: when executorch is installed).
+PTE_EXPORTED = ("executorch_fp32", "executorch_int8")
 
 
 def summary_metric_keys(run: AssembledRun) -> set[str]:
@@ -66,6 +70,13 @@ def summary_metric_keys(run: AssembledRun) -> set[str]:
             for number in ("convs", "int8_convs")
         }
         keys |= {"artifacts.compressed.bytes_dense_fp32", "artifacts.compressed.ratio"}
+        if pte_planned(run.cfg.get("export_executorch", "auto")):
+            keys |= {f"artifacts.{name}.{number}" for name in PTE_EXPORTED for number in MEASURED}
+            keys |= {
+                "artifacts.executorch_fp32.max_abs_diff",
+                "artifacts.executorch_int8.agreement_float",
+                "artifacts.executorch_int8.pt2e_agreement",
+            }
     if run.cfg.get("baseline"):
         accuracies = [
             key for key in keys if key.endswith(".test_acc") and key != "teacher.test_acc"
@@ -94,8 +105,14 @@ def check_expected_keys(recipe: Recipe, quick: bool, run: AssembledRun) -> None:
 def missing_metric_hint(key: str, known: set[str], exports: bool) -> str:
     """Why a run's summary.json will not hold `key`: the export is off, or a close key."""
     parts = key.split(".")
-    if len(parts) > 1 and parts[0] == "artifacts" and parts[1] in EXPORTED and not exports:
+    exported = len(parts) > 1 and parts[0] == "artifacts" and parts[1] in EXPORTED + PTE_EXPORTED
+    if exported and not exports:
         return "the export is off: export=false, or a fast_dev_run"
+    if exported and parts[1] in PTE_EXPORTED:
+        return (
+            "no ExecuTorch export: export_executorch=false, or executorch is not installed "
+            f"({INSTALL_HINT})"
+        )
     close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
     return f"did you mean {', '.join(close)}?" if close else ""
 

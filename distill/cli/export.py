@@ -5,6 +5,7 @@
     distill-export RUN_DIR --trust-targets my_pkg.models
 
 Writes RUN_DIR/export/ (ONNX fp32 and int8, post-training baselines, the compressed student,
+the ExecuTorch .pte files when executorch is installed and the run's export_executorch allows,
 report.md/json/png) and lists each artifact in RUN_DIR/summary.json under `artifacts`.
 
 A run directory may come from someone else: its config.yaml builds only targets under the

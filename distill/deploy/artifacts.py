@@ -9,6 +9,11 @@
   the same observers calibrated on training batches without training; dynamic: int8 weights,
   activation scales computed at run time by onnxruntime).
 - `compressed`: int8 weights, sparse encoding, lzma; restores the exact plain student.
+- `executorch_fp32`, `executorch_int8`: the slimmed student as ExecuTorch programs with the
+  XNNPACK delegate, for phones (`pte.py`; int8: XNNPACK's pt2e post-training quantization,
+  calibrated on the training batches the static ONNX baseline calibrates on). Optional
+  (`export_executorch`, `pip install 'distill[edge]'`); when executorch is missing the report
+  says they were skipped and why.
 - `report.md` / `report.json` / `report.png`: everything side by side, with ratios.
 
 Each artifact has one small builder (`BUILDERS`, in the order they run) over one `ExportContext`
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import logging
 import shutil
 from collections.abc import Callable, Iterator, Mapping
@@ -56,6 +62,8 @@ from distill.deploy.onnx_runtime import (
     export_onnx,
     verify_optimization_levels,
 )
+from distill.deploy.pte import skip_reason as pte_skip_reason
+from distill.deploy.pte_artifacts import executorch_fp32, executorch_int8
 from distill.deploy.report import write_report
 from distill.deploy.run_dir import TrainedRun, load_trained_run
 from distill.deploy.slim import SlimReport, remove_zero_channels
@@ -108,12 +116,13 @@ def produce_artifacts(
     if run.quantization is not None:
         run.quantization.check_exportable()
     check_fits_data(run.student, run.datamodule, "student")
+    pte_skipped = pte_skip_reason(run.cfg.get("export_executorch", "auto"))
     with _export_lock(run_dir):
         for stale in remove_stale_staging(run_dir):
             log.info("Removed %s, left by an export that was killed", stale)
         staging = new_staging_dir(run_dir, prefix=STAGING_PREFIX)
         try:
-            context = ExportContext.of(run, staging, latency_repeats)
+            context = ExportContext.of(run, staging, latency_repeats, pte_skipped)
             for builder in BUILDERS:
                 builder(context)
             _publish(staging, run_dir / EXPORT_DIR)
@@ -160,15 +169,28 @@ class ExportContext:
     plain_classes: np.ndarray  # the plain student's test predictions: the reference
     repeats: int  # latency repeats
     out: Path  # the staging directory
+    pte_skipped: str | None = None  # why no .pte is made (None: they are)
     entries: Entries = field(default_factory=dict)
     rows: Rows = field(default_factory=list)
+    # The test predictions of the int8 model onnx_int8 simulates (fake-quant student, or the
+    # statically calibrated one): what every int8 artifact is compared with.
+    int8_classes: np.ndarray | None = None
+    _calibration_batches: list[Tensor] | None = field(default=None, repr=False)
 
     @classmethod
-    def of(cls, run: TrainedRun, out: Path, repeats: int) -> ExportContext:
+    def of(
+        cls, run: TrainedRun, out: Path, repeats: int, pte_skipped: str | None = None
+    ) -> ExportContext:
         test_set = TestSet.from_loader(run.datamodule.test_dataloader())
         plain_classes = predict(torch_predictor(run.plain), test_set.inputs)
         return cls(
-            run, test_set, run.datamodule.example_input_batch(2), plain_classes, repeats, out
+            run,
+            test_set,
+            run.datamodule.example_input_batch(2),
+            plain_classes,
+            repeats,
+            out,
+            pte_skipped,
         )
 
     @property
@@ -196,8 +218,23 @@ class ExportContext:
     def calibrate(self, quantizer: Quantizer, float_model: nn.Module) -> dict[str, QParams]:
         """Static post-training calibration of `float_model` on training batches."""
         calibration = quantizer.prepare_static(float_model, self.example)
-        quantizer.calibrate(calibration, _inputs(self.run.datamodule.train_dataloader()))
+        quantizer.calibrate(calibration, self.calibration_batches())
         return quantizer.qparams(calibration)
+
+    def calibration_batches(self) -> list[Tensor]:
+        """The training batches every static calibration of this export observes, drawn once:
+        the training loader reshuffles with one generator, so each pass would see others."""
+        if self._calibration_batches is None:
+            count = _static_settings(self.run).calibration_batches
+            loader = self.run.datamodule.train_dataloader()
+            self._calibration_batches = list(itertools.islice(_inputs(loader), count))
+        return self._calibration_batches
+
+
+def _static_settings(run: TrainedRun) -> QuantizationSettings:
+    """The settings of the run's static post-training int8 (its QAT settings, if any)."""
+    qat = run.quantization
+    return qat.settings if qat is not None else QuantizationSettings(weight_bits=PTQ_WEIGHT_BITS)
 
 
 def _inputs(loader: Any) -> Iterator[Tensor]:
@@ -284,14 +321,13 @@ def onnx_int8(context: ExportContext) -> None:
         reference = predict(torch_predictor(run.student), context.test_set.inputs)  # fake-quant
         method = "qat"
     else:
-        quantizer = Quantizer(
-            qat.settings if qat is not None else QuantizationSettings(weight_bits=PTQ_WEIGHT_BITS)
-        )
+        quantizer = Quantizer(_static_settings(run))
         qparams = context.calibrate(quantizer, plain)
         reference = predict(
             torch_predictor(quantizer.convert(plain, qparams)), context.test_set.inputs
         )
         method = "ptq_static"
+    context.int8_classes = reference
     int8_model = quantizer.convert(slim.model, qparams)
     path = export_onnx(int8_model, context.example, context.out / "student_int8.onnx")
     entry = context.onnx_entry(path, reference, quantized=True)
@@ -377,6 +413,8 @@ BUILDERS: tuple[Callable[[ExportContext], None], ...] = (
     onnx_int8,
     onnx_int8_ptq_static,
     onnx_int8_dynamic,
+    executorch_fp32,
+    executorch_int8,
     report,
 )
 

@@ -51,9 +51,9 @@ def predict(run: Predictor, inputs: Tensor, batch_size: int = 256) -> np.ndarray
     return np.concatenate(classes)
 
 
-# Latency is measured on one thread, torch and onnxruntime alike: the same footing for every
-# row, and on a shared machine a busy neighbour stalls multi-threaded torch by 10-100x (OpenMP
-# threads wait on each other), which would make every ratio meaningless.
+# Latency is measured on one thread, torch, onnxruntime and ExecuTorch alike: the same footing
+# for every row, and on a shared machine a busy neighbour stalls multi-threaded torch by 10-100x
+# (OpenMP threads wait on each other), which would make every ratio meaningless.
 LATENCY_THREADS = 1
 
 

@@ -234,8 +234,8 @@ def _render_markdown(rows: list[dict[str, Any]], baseline: str, title: str) -> s
         "How it was measured: test accuracy is on the test split; agreement is the share of test "
         "examples whose top class matches the reference model that row was compared to. Size is "
         "the saved file in KiB (1024 bytes); MACs are per example. Latency is the median wall "
-        "time of one call at batch size 1 and 64, repeated, on one thread (torch and onnxruntime "
-        "alike) on this machine, so it compares these rows "
+        "time of one call at batch size 1 and 64, repeated, on one thread (torch, onnxruntime "
+        "and ExecuTorch alike) on this machine, so it compares these rows "
         "with each other, not with numbers from another machine. Ratios are against "
         f"`{_cell(baseline)}`: × smaller = its size / the model's size, × faster = its latency "
         '/ the model\'s latency; "-" means not measured.',

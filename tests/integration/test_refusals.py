@@ -73,6 +73,10 @@ REFUSALS = {
         ["export=true", "export_latency_repeats=0"],
         "export_latency_repeats=0 is not allowed",
     ),
+    "executorch_switch_misspelled": (
+        ["export=true", "export_executorch=yes"],
+        "export_executorch='yes' is not allowed: auto",
+    ),
     "teacher_epochs_zero": (
         ["teacher.train.max_epochs=0"],
         "teacher.train.max_epochs=0 is not allowed",
