@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from distill.deploy.artifacts import Produced, merge_into_summary
 from distill.deploy.report_rows import (
     ACC_TOLERANCE_PTS,
     int8_slower_than_fp32,
@@ -246,3 +247,14 @@ def test_a_row_of_any_new_runtime_competes_by_the_same_rule() -> None:
     assert chosen["reason"].startswith("executorch_xnnpack is the fastest at batch 64 (8 ms, 8.00x")
     # int8 lost to fp32 in onnxruntime: recorded, though neither is the file to ship.
     assert [item["int8"] for item in chosen["int8_slower_than_fp32"]] == ["onnx_int8"]
+
+
+def test_the_recommendation_lands_in_summary_json_next_to_the_rows() -> None:
+    rows = with_ratios([student(), artifact("onnx_fp32", "fp32", 0.9, 16.0)], "student")
+    summary: dict[str, Any] = {"artifacts": {"student": {"path": "student.pt", "bytes": 1}}}
+    produced = Produced({"onnx_fp32": {"path": "export/x.onnx", "bytes": 1}}, rows, recommend(rows))
+    merge_into_summary(summary, produced)
+    assert summary["deployment_recommendation"]["artifact"] == "onnx_fp32"
+    assert summary["deployment"][1]["speedup_per_macs_ratio_bs64"] is None  # no MACs given
+    assert summary["deployment"][1]["speedup_bs64"] == 4.0
+    assert set(summary["artifacts"]) == {"student", "onnx_fp32"}
