@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from matplotlib.axes import Axes
@@ -156,9 +157,9 @@ def _label(
     baseline: str,
     recommended: str | None,
 ) -> None:
-    """One label per point, at the first spot that overlaps no marker and no earlier label and
-    stays inside the axes (else the first spot): deterministic, and readable for the few rows
-    a report has."""
+    """One label per point, at the first spot that overlaps no marker and no earlier label,
+    stays inside the axes and, without a leader line, is nearer its own point than any other
+    (else the first spot): deterministic, and readable for the few rows a report has."""
     inside = ax.get_window_extent(renderer)
     points = [(row[key] * scale, 100 * row["test_acc"]) for row in shown]
     radii = [math.sqrt(_style(row["name"], baseline, recommended)["s"]) / 2 for row in shown]
@@ -166,14 +167,15 @@ def _label(
     # Other points' markers, with room around them: a label right next to another point's
     # marker reads as that point's.
     markers: list[Bbox] = []
-    for point, radius in zip(points, radii, strict=True):
-        x, y = ax.transData.transform(point)
+    centers = [tuple(ax.transData.transform(point)) for point in points]
+    for (x, y), radius in zip(centers, radii, strict=True):
         half = (radius + _CLEARANCE) * to_pixels
         markers.append(Bbox.from_extents(x - half, y - half, x + half, y + half))
     labels: list[Bbox] = []
     for index, (row, point, radius) in enumerate(zip(shown, points, radii, strict=True)):
         taken = labels + markers[:index] + markers[index + 1 :]
-        chosen = _free_spot(ax, row["name"], point, radius, taken, inside, renderer)
+        near = _Nearness(centers[index], centers[:index] + centers[index + 1 :])
+        chosen = _free_spot(ax, row["name"], point, radius, taken, near, inside, renderer)
         (direction, ha, va), leader, box = chosen or (_NEAR_SPOTS[0], False, None)
         label = _annotate(ax, row["name"], point, direction, radius, ha, va, leader)
         labels.append(box or label.get_window_extent(renderer))
@@ -182,12 +184,34 @@ def _label(
 _Spot = tuple[tuple[float, float], str, str]
 
 
+@dataclass(frozen=True)
+class _Nearness:
+    """Pixel centers of a label's own point and of the others."""
+
+    own: tuple[float, ...]
+    others: list[tuple[float, ...]]
+
+    def nearest_to_own(self, box: Bbox) -> bool:
+        """Whether `box` is nearer its own point than any other point (by a clear margin, so a
+        label between two points is not read as the other's)."""
+        own = _distance(box, self.own)
+        return all(_distance(box, other) > 1.5 * own for other in self.others)
+
+
+def _distance(box: Bbox, center: tuple[float, ...]) -> float:
+    x, y = center
+    dx = max(box.x0 - x, 0.0, x - box.x1)
+    dy = max(box.y0 - y, 0.0, y - box.y1)
+    return math.hypot(dx, dy)
+
+
 def _free_spot(
     ax: Axes,
     text: str,
     point: tuple[float, float],
     radius: float,
     taken: list[Bbox],
+    near: _Nearness,
     inside: Bbox,
     renderer: Any,
 ) -> tuple[_Spot, bool, Bbox] | None:
@@ -199,7 +223,8 @@ def _free_spot(
         box = label.get_window_extent(renderer)
         label.remove()
         fits = inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1)
-        if fits and not any(box.overlaps(other) for other in taken):
+        clear = not any(box.overlaps(other) for other in taken)
+        if fits and clear and (leader or near.nearest_to_own(box)):
             return (direction, ha, va), leader, box
     return None
 
