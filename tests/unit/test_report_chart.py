@@ -4,6 +4,7 @@ deterministic."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,27 @@ def test_labels_of_nearby_points_do_not_overlap() -> None:
         ]
         for index, box in enumerate(boxes):
             assert not any(box.overlaps(other) for other in boxes[index + 1 :])
+
+
+def test_a_label_without_a_leader_line_is_nearest_its_own_point() -> None:
+    figure = figure_of(rows())
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+
+    def distance(box, xy) -> float:
+        x, y = xy
+        return math.hypot(max(box.x0 - x, 0, x - box.x1), max(box.y0 - y, 0, y - box.y1))
+
+    leaders = 0
+    for ax in figure.axes:
+        annotations = [child for child in ax.get_children() if isinstance(child, Annotation)]
+        centers = [ax.transData.transform(label.xy) for label in annotations]
+        for index, label in enumerate(annotations):
+            if label.arrow_patch is not None:
+                leaders += 1
+                continue
+            box = Text.get_window_extent(label, renderer)
+            own = distance(box, centers[index])
+            others = [c for i, c in enumerate(centers) if i != index]
+            assert all(distance(box, other) > own for other in others), label.get_text()
+    assert leaders >= 1  # student and compressed nearly coincide in the latency panel
