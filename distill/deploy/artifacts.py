@@ -189,10 +189,16 @@ class ExportContext:
         return self.run.slim
 
     def add(
-        self, name: str, entry: dict[str, Any], runtime: str, precision: str, **row: Any
+        self,
+        name: str,
+        entry: dict[str, Any],
+        runtime: str,
+        precision: str | None = None,
+        **row: Any,
     ) -> None:
         """Record artifact `name` and its row of the report: an exported artifact, so a
-        candidate for the recommendation; `precision` (fp32, int8) is what it computes in."""
+        candidate for the recommendation; `precision` (fp32, int8) is what it computes in
+        (None: not said, and the row is left out of the int8-against-fp32 comparison)."""
         self.entries[name] = entry
         self.rows.append(
             {
