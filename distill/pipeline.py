@@ -154,7 +154,9 @@ def _train_and_export(
         if run.exports:
             with timing("export_s"):
                 repeats = cfg.get("export_latency_repeats", 20)
-                entries, summary.deployment = produce_artifacts(trained, run_dir, repeats)
+                entries, summary.deployment, summary.deployment_recommendation = produce_artifacts(
+                    trained, run_dir, repeats
+                )
             summary.artifacts.update(entries)
     except BaseException as error:
         # The trained run is kept, and says that its export is missing and why.

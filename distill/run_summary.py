@@ -34,6 +34,8 @@ class RunSummary:
     timing: dict[str, Any] = field(default_factory=dict)
     quantization: dict[str, Any] | None = None
     deployment: list[dict[str, Any]] | None = None
+    # The artifact to ship and why (deploy/report_rows.py: recommend); set with `deployment`.
+    deployment_recommendation: dict[str, Any] | None = None
     # The labels-only student's numbers and the KD gain (`baseline=true`, distill/baseline.py).
     baseline: dict[str, Any] | None = None
     # complete, or export_failed / export_interrupted: trained and tested, export missing.
@@ -58,6 +60,7 @@ class RunSummary:
             summary["quantization"] = self.quantization
         if self.deployment is not None:
             summary["deployment"] = self.deployment
+            summary["deployment_recommendation"] = self.deployment_recommendation
         if self.baseline is not None:
             summary["baseline"] = self.baseline
         return summary

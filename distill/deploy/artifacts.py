@@ -14,7 +14,8 @@
   calibrated on the training batches the static ONNX baseline calibrates on). Optional
   (`export_executorch`, `pip install 'distill[edge]'`); when executorch is missing the report
   says they were skipped and why.
-- `report.md` / `report.json` / `report.png`: everything side by side, with ratios.
+- `report.md` / `report.json` / `report.png`: everything side by side, with ratios, and the
+  artifact to ship (`deployment_recommendation` in `summary.json`).
 
 Each artifact has one small builder (`BUILDERS`, in the order they run) over one `ExportContext`
 computed once. Everything is written into a staging directory that replaces `<run>/export/`
@@ -34,7 +35,7 @@ import shutil
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -52,6 +53,7 @@ from distill.deploy.kernels import KernelSummary, summarize_kernels
 from distill.deploy.measure import (
     LATENCY_THREADS,
     TestSet,
+    machine_facts,
     measure,
     predict,
     torch_predictor,
@@ -64,7 +66,7 @@ from distill.deploy.onnx_runtime import (
 )
 from distill.deploy.pte import skip_reason as pte_skip_reason
 from distill.deploy.pte_artifacts import executorch_fp32, executorch_int8
-from distill.deploy.report import write_report
+from distill.deploy.report import build_report, save_report
 from distill.deploy.run_dir import TrainedRun, load_trained_run
 from distill.deploy.slim import SlimReport, remove_zero_channels
 from distill.errors import ConfigError
@@ -89,29 +91,38 @@ def export_run(run_dir: str | Path, latency_repeats: int = 20) -> Entries:
     `summary.json`, written last; returns the entries."""
     run_dir = Path(run_dir)
     read_summary(run_dir)  # a finished run, before any work
-    entries, rows = produce_artifacts(load_trained_run(run_dir), run_dir, latency_repeats)
+    produced = produce_artifacts(load_trained_run(run_dir), run_dir, latency_repeats)
     summary = read_summary(run_dir)
-    merge_into_summary(summary, entries, rows)
+    merge_into_summary(summary, produced)
     # A run whose export had failed or been interrupted is complete once this one is done.
     summary["status"] = "complete"
     atomic_write_json(run_dir / SUMMARY_FILE, summary)
     if read_state(run_dir) is not None:
         write_state(run_dir, "complete", "done")
-    return entries
+    return produced.entries
 
 
-def merge_into_summary(summary: dict[str, Any], entries: Entries, rows: Rows) -> None:
-    """Add the export's artifact entries and deployment rows to a run's summary (in place)."""
-    summary["artifacts"] = {**summary.get("artifacts", {}), **entries}
-    summary["deployment"] = rows
+class Produced(NamedTuple):
+    """What an export adds to `summary.json`."""
+
+    entries: Entries  # artifacts.<name>, paths relative to the run directory
+    rows: Rows  # deployment: the report's rows, with their ratios against the dense student
+    recommendation: dict[str, Any] | None  # deployment_recommendation: artifact, reason, rule
 
 
-def produce_artifacts(
-    run: TrainedRun, run_dir: str | Path, latency_repeats: int = 20
-) -> tuple[Entries, Rows]:
+def merge_into_summary(summary: dict[str, Any], produced: Produced) -> None:
+    """Add the export's artifact entries, deployment rows and recommendation to a run's summary
+    (in place)."""
+    summary["artifacts"] = {**summary.get("artifacts", {}), **produced.entries}
+    summary["deployment"] = produced.rows
+    summary["deployment_recommendation"] = produced.recommendation
+
+
+def produce_artifacts(run: TrainedRun, run_dir: str | Path, latency_repeats: int = 20) -> Produced:
     """Produce, check and measure every artifact of `run` into `<run_dir>/export/` (swapped in
-    whole once all are done); returns their entries (paths relative to `run_dir`) and the
-    deployment rows. `summary.json` is not touched: the caller merges them into it."""
+    whole once all are done); returns their entries (paths relative to `run_dir`), the
+    deployment rows and the recommendation. `summary.json` is not touched: the caller merges
+    them into it."""
     run_dir = Path(run_dir)
     if run.quantization is not None:
         run.quantization.check_exportable()
@@ -130,7 +141,7 @@ def produce_artifacts(
             shutil.rmtree(staging, ignore_errors=True)
     for entry in context.entries.values():
         entry["path"] = f"{EXPORT_DIR}/{entry['path']}"
-    return context.entries, context.rows
+    return Produced(context.entries, context.rows, context.recommendation)
 
 
 # Staging directories (and the previous export while it is swapped out) start with this.
@@ -176,6 +187,7 @@ class ExportContext:
     # statically calibrated one): what every int8 artifact is compared with.
     int8_classes: np.ndarray | None = None
     _calibration_batches: list[Tensor] | None = field(default=None, repr=False)
+    recommendation: dict[str, Any] | None = None  # set by the report
 
     @classmethod
     def of(
@@ -201,10 +213,28 @@ class ExportContext:
     def slim(self) -> SlimReport:
         return self.run.slim
 
-    def add(self, name: str, entry: dict[str, Any], runtime: str, **row: Any) -> None:
-        """Record artifact `name` and its row of the report."""
+    def add(
+        self,
+        name: str,
+        entry: dict[str, Any],
+        runtime: str,
+        precision: str | None = None,
+        **row: Any,
+    ) -> None:
+        """Record artifact `name` and its row of the report: an exported artifact, so a
+        candidate for the recommendation; `precision` (fp32, int8) is what it computes in
+        (None: not said, and the row is left out of the int8-against-fp32 comparison)."""
         self.entries[name] = entry
-        self.rows.append({"name": name, "runtime": runtime, "bytes": entry.get("bytes"), **row})
+        self.rows.append(
+            {
+                "name": name,
+                "runtime": runtime,
+                "precision": precision,
+                "exported": True,
+                "bytes": entry.get("bytes"),
+                **row,
+            }
+        )
 
     def onnx_entry(self, path: Path, reference: np.ndarray, quantized: bool) -> dict[str, Any]:
         """An ONNX file's entry: size, measurements against `reference`, opt-level checks."""
@@ -255,6 +285,7 @@ def baselines(context: ExportContext) -> None:
             {
                 "name": "teacher",
                 "runtime": "torch eager",
+                "precision": "fp32",
                 "params": count_parameters(run.teacher),
                 **measure(torch_predictor(run.teacher), context.test_set, None, context.repeats),
             }
@@ -266,6 +297,7 @@ def baselines(context: ExportContext) -> None:
         {
             "name": "student",
             "runtime": "torch eager",
+            "precision": "fp32",
             "bytes": _state_bytes(plain),
             "params": slim.params_before,
             "macs": slim.macs_before,
@@ -294,7 +326,9 @@ def compressed(context: ExportContext) -> None:
         "compressed",
         entry,
         "torch eager (restored)",
+        "fp32",  # int8 weights on disk, restored to the fp32 student to run
         params=context.slim.params_before,
+        macs=context.slim.macs_before,
         note=f"{entry['ratio']:.1f}x smaller than the dense fp32 checkpoint",
         **{k: v for k, v in entry.items() if k in _MEASURED},
     )
@@ -306,7 +340,13 @@ def onnx_fp32(context: ExportContext) -> None:
     path = export_onnx(slim.model, context.example, context.out / "student_fp32.onnx")
     entry = context.onnx_entry(path, context.plain_classes, quantized=False)
     context.add(
-        "onnx_fp32", entry, "onnxruntime", params=slim.params_after, macs=slim.macs_after, **entry
+        "onnx_fp32",
+        entry,
+        "onnxruntime",
+        "fp32",
+        params=slim.params_after,
+        macs=slim.macs_after,
+        **entry,
     )
 
 
@@ -346,6 +386,7 @@ def onnx_int8(context: ExportContext) -> None:
         "onnx_int8",
         entry,
         "onnxruntime",
+        "int8",
         params=slim.params_after,
         macs=slim.macs_after,
         note=kernels.note(),
@@ -363,12 +404,12 @@ def onnx_int8_ptq_static(context: ExportContext) -> None:
         float_plain = bake_into(run.student, build(run.cfg.student, "student")).eval()
     quantizer = Quantizer(qat.settings)
     qparams = context.calibrate(quantizer, float_plain)
-    slim = remove_zero_channels(float_plain, context.example[:1]).model
+    slim = remove_zero_channels(float_plain, context.example[:1])
     reference = predict(
         torch_predictor(quantizer.convert(float_plain, qparams)), context.test_set.inputs
     )
     path = export_onnx(
-        quantizer.convert(slim, qparams),
+        quantizer.convert(slim.model, qparams),
         context.example,
         context.out / "student_int8_ptq_static.onnx",
     )
@@ -379,7 +420,9 @@ def onnx_int8_ptq_static(context: ExportContext) -> None:
         "onnx_int8_ptq_static",
         entry,
         "onnxruntime",
+        "int8",
         params=context.slim.params_after,
+        macs=slim.macs_after,
         note=kernels.note(),
         **entry,
     )
@@ -393,17 +436,28 @@ def onnx_int8_dynamic(context: ExportContext) -> None:
     entry = context.onnx_entry(path, context.plain_classes, quantized=True)
     entry["method"] = "ptq_dynamic"
     context.add(
-        "onnx_int8_dynamic", entry, "onnxruntime", params=context.slim.params_after, **entry
+        "onnx_int8_dynamic",
+        entry,
+        "onnxruntime",
+        "int8",
+        params=context.slim.params_after,
+        macs=context.slim.macs_after,  # the fp32 ONNX graph, its weights quantized
+        **entry,
     )
 
 
 def report(context: ExportContext) -> None:
-    """report.md / report.json / report.png over every row."""
-    context.entries.update(
-        write_report(
-            context.out, context.rows, baseline="student", title="distill deployment report"
-        )
+    """report.md / report.json / report.png over every row; the rows, now with their ratios,
+    and the recommendation go to `summary.json` as they are in `report.json`."""
+    built = build_report(
+        context.rows,
+        baseline="student",
+        title="distill deployment report",
+        machine=machine_facts(),
     )
+    context.entries.update(save_report(context.out, built))
+    context.rows = built.rows
+    context.recommendation = built.recommendation
 
 
 BUILDERS: tuple[Callable[[ExportContext], None], ...] = (

@@ -1,12 +1,16 @@
-"""Measuring a runnable artifact itself: test accuracy, agreement, latency at batch 1 and 64."""
+"""Measuring a runnable artifact itself: test accuracy, agreement, latency at batch 1 and 64;
+and the facts about this machine that latency depends on."""
 
 from __future__ import annotations
 
 import contextlib
+import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -105,4 +109,28 @@ def measure(
         ),
         "latency_ms_bs1": latency_ms(timed, test_set.inputs[:1], repeats * 5),
         "latency_ms_bs64": latency_ms(timed, batch64.contiguous(), repeats),
+    }
+
+
+# CPU flags (x86 /proc/cpuinfo `flags`, Arm `Features`) for instructions that compute int8 dot
+# products. Without them onnxruntime's int8 convolutions run u8 x s8 on AVX2 (which saturates
+# with 8-bit weights) and can lose to fp32; the report names what this machine has.
+INT8_INSTRUCTIONS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+
+def machine_facts(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
+    """`cpu` (model name) and `int8_instructions` (those of `INT8_INSTRUCTIONS` present, in
+    that order; None where `cpuinfo` cannot be read, e.g. not Linux)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return {"cpu": platform.processor() or None, "int8_instructions": None}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip().lower(), value.strip())
+    flags = set((fields.get("flags") or fields.get("features") or "").split())
+    return {
+        "cpu": fields.get("model name") or platform.processor() or None,
+        "int8_instructions": [name for name in INT8_INSTRUCTIONS if name in flags],
     }

@@ -3,7 +3,9 @@
 The deploy step measures several models (teacher, dense student, compressed student, its ONNX
 exports...) and hands one row per model to `write_report`. Every ratio is taken against one
 baseline row, by default the dense fp32 student in torch eager, so "× smaller" and "× faster"
-answer what compression and export bought over the model training produced.
+answer what compression and export bought over the model training produced, and
+"speed-up / MACs ratio" says how much of the arithmetic removed showed up as latency.
+The report ends with the artifact to ship, picked by a stated rule (`report_rows.RULE`).
 
 `report.json` is the file later tools read, so it is written last: a run that failed while
 writing the report leaves no `report.json` claiming it finished.
@@ -12,11 +14,13 @@ writing the report leaves no `report.json` claiming it finished.
 from __future__ import annotations
 
 import contextlib
-import io
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distill.deploy.report_chart import DPI, FIGSIZE, png_bytes, tradeoff_figure
+from distill.deploy.report_rows import RULE, recommend, with_ratios
 from distill.errors import ConfigError
 from distill.files import atomic_write, atomic_write_json
 from distill.summary import artifact
@@ -26,10 +30,7 @@ REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
 REPORT_PNG = "report.png"
 
-# Figure size in inches at this dpi: 1200 x 400 px, three panels side by side. The PNG is saved
-# without bbox_inches="tight" so its pixel size is fixed and tight_layout only moves the axes.
-FIGSIZE = (12.0, 4.0)
-DPI = 100
+__all__ = ["DPI", "FIGSIZE", "Report", "build_report", "save_report", "write_report"]
 
 # Numeric row fields, each with the check it must pass and what the error says is allowed.
 # Sizes and latencies must be positive because they are divided by and drawn on log axes.
@@ -43,7 +44,59 @@ _FIELDS: dict[str, tuple[str, str]] = {
     "latency_ms_bs1": ("positive", "a positive number or None"),
     "latency_ms_bs64": ("positive", "a positive number or None"),
 }
-_TEXT_FIELDS = ("runtime", "note")
+_TEXT_FIELDS = ("runtime", "note", "precision")
+
+
+@dataclass(frozen=True)
+class Report:
+    """The validated rows with their ratios, and the recommendation: what the three files say."""
+
+    title: str
+    baseline: str
+    rows: list[dict[str, Any]]
+    recommendation: dict[str, Any] | None
+    machine: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "baseline": self.baseline,
+            "machine": self.machine,
+            "rows": self.rows,
+            "recommendation": self.recommendation,
+        }
+
+
+def build_report(
+    rows: Sequence[Mapping[str, Any]],
+    baseline: str = "student",
+    title: str = "",
+    machine: Mapping[str, Any] | None = None,
+) -> Report:
+    """Validate `rows` (ConfigError) and derive what the report shows.
+
+    Each row describes one measured model: `name` (unique), `runtime`, `test_acc` and
+    `agreement` (fractions), `bytes`, `params`, `macs` (per example), `latency_ms_bs1`,
+    `latency_ms_bs64`, and optionally `note`, `precision` (`fp32`, `int8`, ...) and
+    `exported` (true for an artifact the export produced: the candidates to ship); any numeric
+    field may be None (not measured). Other keys are kept as they are.
+
+    Each row gets its ratios against the `baseline` row (`report_rows.with_ratios`: size,
+    speed-up at batch 1 and 64, MACs ratio, speed-up / MACs ratio, accuracy delta), and the
+    report the artifact to ship (`report_rows.recommend`). `machine` (the CPU and its int8
+    instructions, `measure.machine_facts`) is shown as given.
+    """
+    clean = _validate(rows, baseline)
+    if machine is not None and not isinstance(machine, Mapping):
+        raise ConfigError("report.machine", machine, "a mapping of machine facts or None")
+    report_rows = with_ratios(clean, baseline)
+    return Report(
+        title=str(title) if title else "Deployment report",
+        baseline=baseline,
+        rows=report_rows,
+        recommendation=recommend(report_rows),
+        machine=dict(machine) if machine is not None else None,
+    )
 
 
 def write_report(
@@ -51,29 +104,23 @@ def write_report(
     rows: Sequence[Mapping[str, Any]],
     baseline: str = "student",
     title: str = "",
+    machine: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
+    """`save_report(run_dir, build_report(rows, baseline, title, machine))`."""
+    return save_report(run_dir, build_report(rows, baseline, title, machine))
+
+
+def save_report(run_dir: str | Path, report: Report) -> dict[str, dict[str, Any]]:
     """Write `report.png`, `report.md` and `report.json` in `run_dir`; return their artifacts.
 
-    Each row describes one measured model: `name` (unique), `runtime`, `test_acc` and
-    `agreement` (fractions), `bytes`, `params`, `macs` (per example), `latency_ms_bs1`,
-    `latency_ms_bs64` and an optional `note`; any numeric field may be None (not measured).
-    Other keys are kept as they are in `report.json`.
-
-    `report.json` holds every row plus its ratios against the `baseline` row: `size_ratio`
-    (baseline bytes / row bytes), `speedup_bs1`, `speedup_bs64` (baseline latency / row latency)
-    and `acc_delta_pts` (100 * (row acc - baseline acc)), None where either side is missing.
-
-    Everything is validated (ConfigError) and rendered in memory before the first file is written;
-    the files are then written atomically, the JSON last. The returned dict maps `report_md`,
-    `report_json` and `report_png` to {"path": relative to `run_dir`, "bytes": size}.
+    Everything is rendered in memory before the first file is written; the files are then
+    written atomically, the JSON last. The returned dict maps `report_md`, `report_json` and
+    `report_png` to {"path": relative to `run_dir`, "bytes": size}.
     """
     run_dir = Path(run_dir)
-    clean = _validate(rows, baseline)
-    title = str(title) if title else "Deployment report"
-    report_rows = _with_ratios(clean, baseline)
-    png = _render_png(report_rows, baseline, title)
-    markdown = _render_markdown(report_rows, baseline, title)
-    payload = {"title": title, "baseline": baseline, "rows": report_rows}
+    recommended = report.recommendation["artifact"] if report.recommendation else None
+    png = png_bytes(tradeoff_figure(report.rows, report.baseline, recommended, report.title))
+    markdown = _render_markdown(report)
 
     # A report.json from an earlier call would otherwise describe the new PNG and MD as finished
     # if writing them fails, so it goes before anything is replaced.
@@ -81,7 +128,7 @@ def write_report(
         (run_dir / REPORT_JSON).unlink()
     png_path = atomic_write(run_dir / REPORT_PNG, lambda handle: handle.write(png))
     md_path = atomic_write(run_dir / REPORT_MD, lambda handle: handle.write(markdown.encode()))
-    json_path = atomic_write_json(run_dir / REPORT_JSON, payload)
+    json_path = atomic_write_json(run_dir / REPORT_JSON, report.to_json())
     return {
         "report_md": artifact(md_path, run_dir),
         "report_json": artifact(json_path, run_dir),
@@ -111,6 +158,9 @@ def _validate(rows: Sequence[Mapping[str, Any]], baseline: str) -> list[dict[str
             value = row.get(field)
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"rows[{name}].{field}", value, "a string or None")
+        exported = row.get("exported")
+        if exported is not None and not isinstance(exported, bool):
+            raise ConfigError(f"rows[{name}].exported", exported, "true, false or None")
         out["runtime"] = row.get("runtime")
         clean.append(out)
     require_choice("report.baseline", baseline, names, allowed=f"one of {', '.join(names)}")
@@ -135,32 +185,6 @@ def _number(value: Any, kind: str, field: str, allowed: str) -> int | float | No
     )
     # An integral measurement (macs=1200) stays an int in report.json.
     return int(value) if is_int(value) else number
-
-
-def _ratio(numerator: float | None, denominator: float | None) -> float | None:
-    if numerator is None or denominator is None:
-        return None
-    return numerator / denominator
-
-
-def _with_ratios(rows: list[dict[str, Any]], baseline: str) -> list[dict[str, Any]]:
-    """Each row plus its ratios against the baseline row (None where either side is missing)."""
-    base = next(row for row in rows if row["name"] == baseline)
-    out = []
-    for row in rows:
-        acc, base_acc = row["test_acc"], base["test_acc"]
-        out.append(
-            {
-                **row,
-                "size_ratio": _ratio(base["bytes"], row["bytes"]),
-                "speedup_bs1": _ratio(base["latency_ms_bs1"], row["latency_ms_bs1"]),
-                "speedup_bs64": _ratio(base["latency_ms_bs64"], row["latency_ms_bs64"]),
-                "acc_delta_pts": (
-                    None if acc is None or base_acc is None else 100.0 * (acc - base_acc)
-                ),
-            }
-        )
-    return out
 
 
 def _pct(value: float | None) -> str:
@@ -191,6 +215,13 @@ def _cell(text: Any) -> str:
     return "-" if text is None else str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _table(columns: Sequence[tuple[str, str]], body: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header for header, _ in columns) + " |"]
+    lines.append("|" + "|".join(align for _, align in columns) + "|")
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return lines
+
+
 _COLUMNS = (
     ("model", ":--"),
     ("runtime", ":--"),
@@ -205,91 +236,151 @@ _COLUMNS = (
     ("× faster bs64", "--:"),
 )
 
+# Latency toward the bound the arithmetic sets: speed-up next to the MACs ratio, per batch size.
+_BOUND_COLUMNS = (
+    ("model", ":--"),
+    ("runtime", ":--"),
+    ("MACs ratio (baseline / this)", "--:"),
+    ("× faster bs1", "--:"),
+    ("speed-up / MACs ratio bs1", "--:"),
+    ("× faster bs64", "--:"),
+    ("speed-up / MACs ratio bs64", "--:"),
+)
 
-def _render_markdown(rows: list[dict[str, Any]], baseline: str, title: str) -> str:
-    lines = [f"# {title}", ""]
-    lines.append("| " + " | ".join(header for header, _ in _COLUMNS) + " |")
-    lines.append("|" + "|".join(align for _, align in _COLUMNS) + "|")
-    for row in rows:
-        cells = (
-            _cell(row["name"]),
-            _cell(row["runtime"]),
-            _pct(row["test_acc"]),
-            _pct(row["agreement"]),
-            _kib(row["bytes"]),
-            _times(row["size_ratio"]),
-            _count(row["params"]),
-            _count(row["macs"]),
-            _ms(row["latency_ms_bs1"]),
-            _ms(row["latency_ms_bs64"]),
-            _times(row["speedup_bs64"]),
-        )
-        lines.append("| " + " | ".join(cells) + " |")
+
+def _render_markdown(report: Report) -> str:
+    rows, baseline = report.rows, _cell(report.baseline)
+    lines = [f"# {report.title}", ""]
+    lines += _table(
+        _COLUMNS,
+        [
+            (
+                _cell(row["name"]),
+                _cell(row["runtime"]),
+                _pct(row["test_acc"]),
+                _pct(row["agreement"]),
+                _kib(row["bytes"]),
+                _times(row["size_ratio"]),
+                _count(row["params"]),
+                _count(row["macs"]),
+                _ms(row["latency_ms_bs1"]),
+                _ms(row["latency_ms_bs64"]),
+                _times(row["speedup_bs64"]),
+            )
+            for row in rows
+        ],
+    )
     notes = [row for row in rows if row.get("note")]
     if notes:
         lines += ["", "Notes:", ""]
         lines += [f"- **{_cell(row['name'])}**: {_cell(row['note'])}" for row in notes]
+    lines += ["", "## Latency toward the MACs bound", ""]
+    lines += _table(
+        _BOUND_COLUMNS,
+        [
+            (
+                _cell(row["name"]),
+                _cell(row["runtime"]),
+                _times(row["macs_ratio"]),
+                _times(row["speedup_bs1"]),
+                _times(row["speedup_per_macs_ratio_bs1"]),
+                _times(row["speedup_bs64"]),
+                _times(row["speedup_per_macs_ratio_bs64"]),
+            )
+            for row in rows
+        ],
+    )
     lines += [
         "",
-        "How it was measured: test accuracy is on the test split; agreement is the share of test "
+        f"MACs ratio = MACs per example of `{baseline}` / this model's (how much less "
+        "arithmetic; precision does not change it, so an int8 file has the MACs of the graph it "
+        f"was converted from). × faster bsN = latency of `{baseline}` / this model's, at batch "
+        "N. speed-up / MACs ratio = × faster / MACs ratio: 1.00 means latency fell exactly as "
+        "the arithmetic did; above 1, the runtime bought more than the arithmetic removed "
+        "(onnxruntime's fused kernels over torch eager, int8 arithmetic); below 1, fixed "
+        "per-call and per-operator costs kept latency from following the MACs.",
+        "",
+    ]
+    lines += _render_recommendation(report)
+    lines += [
+        "",
+        "## How it was measured",
+        "",
+        "Test accuracy is on the test split; agreement is the share of test "
         "examples whose top class matches the reference model that row was compared to. Size is "
         "the saved file in KiB (1024 bytes); MACs are per example. Latency is the median wall "
         "time of one call at batch size 1 and 64, repeated, on one thread (torch, onnxruntime "
         "and ExecuTorch alike) on this machine, so it compares these rows "
         "with each other, not with numbers from another machine. Ratios are against "
-        f"`{_cell(baseline)}`: × smaller = its size / the model's size, × faster = its latency "
+        f"`{baseline}`: × smaller = its size / the model's size, × faster = its latency "
         '/ the model\'s latency; "-" means not measured.',
         "",
-        f"![accuracy, size and latency per model]({REPORT_PNG})",
+        "The figure plots test accuracy against latency at batch 64 and against size, both on "
+        f"log axes, the accuracy axis zoomed to the data; the star is `{baseline}`, the "
+        "diamond the recommended artifact.",
+        "",
+        f"![test accuracy against latency at batch 64 and against size]({REPORT_PNG})",
         "",
     ]
     return "\n".join(lines)
 
 
-# (row key, panel title, scale to display units, log axis, label format)
-_PANELS = (
-    ("test_acc", "test accuracy (%)", 100.0, False, "{:.2f}"),
-    ("bytes", "size (KiB, log)", 1 / 1024, True, "{:,.1f}"),
-    ("latency_ms_bs64", "latency at batch 64 (ms, log)", 1.0, True, "{:.3g}"),
-)
+def _render_recommendation(report: Report) -> list[str]:
+    lines = ["## Recommendation", ""]
+    recommendation = report.recommendation
+    if recommendation is None:
+        lines += [
+            "None: no exported artifact has both a measured test accuracy and a latency at "
+            "batch 64.",
+            "",
+        ]
+    else:
+        chosen = next(row for row in report.rows if row["name"] == recommendation["artifact"])
+        where = f"`{_cell(chosen['path'])}`, " if chosen.get("path") else ""
+        lines += [
+            f"Ship **{_cell(chosen['name'])}** ({where}{_cell(chosen['runtime'])}).",
+            "",
+            f"Rule: {RULE}. A point is one percentage point of test accuracy; the candidates "
+            "are the artifacts the export produced, not the baseline or the teacher.",
+            "",
+            f"Why: {_cell(recommendation['reason'])}",
+            "",
+        ]
+    slower = recommendation["int8_slower_than_fp32"] if recommendation else []
+    compared = _int8_rows_with_an_fp32_peer(report.rows)
+    if slower:
+        lines.append("int8 is slower than fp32 at batch 64 on this machine:")
+        lines.append("")
+        lines += [
+            f"- **{_cell(item['int8'])}** {_ms(item['int8_latency_ms_bs64'])} ms against "
+            f"**{_cell(item['fp32'])}** {_ms(item['fp32_latency_ms_bs64'])} ms in "
+            f"{_cell(item['runtime'])} ({item['slowdown']:.2f}x slower)"
+            for item in slower
+        ]
+        lines.append("")
+    elif compared:
+        lines += [
+            "Every int8 artifact is faster at batch 64 than the fastest fp32 artifact of its "
+            "runtime on this machine.",
+            "",
+        ]
+    if report.machine is not None:
+        lines.append(_machine_line(report.machine))
+    return lines
 
 
-def _render_png(rows: list[dict[str, Any]], baseline: str, title: str) -> bytes:
-    """The three bar panels as PNG bytes; drawn on a private Figure so no global state changes."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import NullFormatter
+def _int8_rows_with_an_fp32_peer(rows: Sequence[Mapping[str, Any]]) -> bool:
+    runtimes = {row["runtime"] for row in rows if row.get("precision") == "fp32"}
+    return any(row.get("precision") == "int8" and row["runtime"] in runtimes for row in rows)
 
-    figure = Figure(figsize=FIGSIZE, dpi=DPI)
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(1, len(_PANELS))
-    for ax, (key, panel_title, scale, log, fmt) in zip(axes, _PANELS, strict=True):
-        shown = [row for row in rows if row[key] is not None]
-        ax.set_title(panel_title, fontsize=10)
-        if not shown:
-            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            continue
-        values = [row[key] * scale for row in shown]
-        # The baseline stands out, so the bars read as "compared with this one".
-        colors = ["tab:orange" if row["name"] == baseline else "tab:blue" for row in shown]
-        positions = range(len(shown))
-        bars = ax.barh(positions, values, color=colors)
-        ax.set_yticks(list(positions), [row["name"] for row in shown], fontsize=9)
-        ax.invert_yaxis()  # first row on top, as in the table
-        ax.bar_label(bars, labels=[fmt.format(v) for v in values], padding=3, fontsize=8)
-        ax.tick_params(axis="x", labelsize=8)
-        # Room to the right of the longest bar for its label.
-        if log:
-            ax.set_xscale("log")
-            ax.set_xlim(min(values) / 2, max(values) * 4)
-            # A narrow log range gets a label at every minor tick; they overlap.
-            ax.xaxis.set_minor_formatter(NullFormatter())
-        else:
-            ax.set_xlim(0, max(values) * 1.2 or 1.0)  # all-zero values
-    figure.suptitle(f"{title}  (orange: the baseline, {baseline})", fontsize=11)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI)
-    return buffer.getvalue()
+
+def _machine_line(machine: Mapping[str, Any]) -> str:
+    found = machine.get("int8_instructions")
+    if found is None:
+        instructions = "unknown (no /proc/cpuinfo)"
+    elif found:
+        instructions = ", ".join(str(flag) for flag in found)
+    else:
+        instructions = "none (no VNNI: int8 convolutions run on slower u8 x s8 paths)"
+    cpu = _cell(machine.get("cpu") or "unknown CPU")
+    return f"Machine: {cpu}; int8 dot-product instructions: {instructions}."

@@ -123,6 +123,30 @@ def test_report_puts_every_model_side_by_side(qat_run):
         "**onnx_int8**: int8 kernels for 2 of 2 convs; kept in float: MaxPool x2 (features.3, "
         "features.7); ReduceMean x1 (avgpool)"
     ) in markdown
+    assert "## Latency toward the MACs bound" in markdown and "## Recommendation" in markdown
+
+
+def test_every_artifact_row_has_its_macs_ratio_and_a_recommendation_is_made(qat_run):
+    run_dir, summary, _ = qat_run
+    rows = {row["name"]: row for row in summary["deployment"]}
+    slim = summary["artifacts"]["slim"]
+    for name in RUNNABLE:
+        row = rows[name]
+        assert row["exported"] is True and row["precision"] in ("fp32", "int8"), name
+        dense = name == "compressed"  # restores the dense student
+        assert row["macs"] == (slim["macs_dense"] if dense else slim["macs"]), name
+        assert row["macs_ratio"] == pytest.approx(slim["macs_dense"] / row["macs"]), name
+        for batch in ("bs1", "bs64"):
+            assert row[f"speedup_per_macs_ratio_{batch}"] == pytest.approx(
+                row[f"speedup_{batch}"] / row["macs_ratio"]
+            ), name
+    assert "exported" not in rows["student"] and "exported" not in rows["teacher"]
+    chosen = summary["deployment_recommendation"]
+    assert chosen["artifact"] in RUNNABLE and chosen["artifact"] in chosen["eligible"]
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    report = json.loads((run_dir / summary["artifacts"]["report_json"]["path"]).read_text())
+    assert on_disk["deployment_recommendation"] == report["recommendation"] == chosen
+    assert on_disk["deployment"] == report["rows"]
 
 
 def _copy_run(run_dir: Path, tmp_path: Path) -> Path:
@@ -138,6 +162,7 @@ def test_distill_export_redoes_the_export_of_a_run_directory(qat_run, tmp_path, 
     assert export_main([str(copy), "--latency-repeats", "1"]) == 0
     again = json.loads((copy / "summary.json").read_text())
     assert again["artifacts"].keys() == summary["artifacts"].keys()
+    assert again["deployment_recommendation"]["artifact"] in RUNNABLE
     # Same learned scales and weights: the same int8 predictions.
     assert (
         again["artifacts"]["onnx_int8"]["test_acc"] == summary["artifacts"]["onnx_int8"]["test_acc"]

@@ -1,4 +1,7 @@
-"""The deploy report: exact ratios, None propagation, the table, the figure, and validation."""
+"""The deploy report: exact ratios, None propagation, the tables, the figure, and validation.
+
+The rows' derived numbers (speed-up / MACs ratio, the recommendation) are in
+test_report_rows.py; the figure's shape in test_report_chart.py."""
 
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ def sample_rows() -> list[dict[str, Any]]:
         ),
         make_row(
             "student",
+            precision="fp32",
             test_acc=0.9,
             agreement=0.97,
             bytes=4000,
@@ -58,6 +62,8 @@ def sample_rows() -> list[dict[str, Any]]:
         make_row(
             "onnx_int8",
             runtime="onnxruntime",
+            precision="int8",
+            exported=True,
             test_acc=0.895,
             agreement=0.99,
             bytes=400,
@@ -68,7 +74,7 @@ def sample_rows() -> list[dict[str, Any]]:
             note="static PTQ, 256 calibration examples",
         ),
         # Measured only as a file: everything else is missing.
-        make_row("compressed", runtime="file", bytes=1024),
+        make_row("compressed", runtime="file", exported=True, bytes=1024),
     ]
 
 
@@ -179,8 +185,27 @@ def test_return_value_names_the_three_files(tmp_path: Path) -> None:
     ]
 
 
+def tables(run_dir: Path) -> list[list[str]]:
+    """Each Markdown table of report.md as its lines (header, separator, body)."""
+    found: list[list[str]] = []
+    previous = ""
+    for line in (run_dir / "report.md").read_text().splitlines():
+        if line[:1] == "|":
+            if previous[:1] != "|":
+                found.append([])
+            found[-1].append(line)
+        previous = line
+    return found
+
+
 def table_lines(run_dir: Path) -> list[str]:
-    return [line for line in (run_dir / "report.md").read_text().splitlines() if line[:1] == "|"]
+    """The main table: one row per model."""
+    return tables(run_dir)[0]
+
+
+def cells_by_name(lines: list[str]) -> dict[str, list[str]]:
+    split = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines[2:]]
+    return {name: rest for name, *rest in split}
 
 
 def test_markdown_table_has_one_line_per_row_and_the_numbers(tmp_path: Path) -> None:
@@ -205,8 +230,7 @@ def test_markdown_table_has_one_line_per_row_and_the_numbers(tmp_path: Path) -> 
     assert separator.count("|") == header.count("|") == 12
     assert len(body) == 4
 
-    split = [[cell.strip() for cell in line.split("|")[1:-1]] for line in body]
-    cells = {name: rest for name, *rest in split}
+    cells = cells_by_name(table_lines(tmp_path))
     assert cells["student"] == [
         "torch eager",
         "90.00",
@@ -246,6 +270,84 @@ def test_markdown_says_how_it_was_measured_and_links_the_figure(tmp_path: Path) 
     assert text.startswith("# Deployment report\n")
 
 
+def test_latency_toward_the_macs_bound_table(tmp_path: Path) -> None:
+    rows = sample_rows()
+    rows[2]["macs"] = 125_000  # onnx_int8: half the student's MACs, 4x faster at batch 64
+    write_report(tmp_path, rows)
+    main, bound = tables(tmp_path)
+    assert len(main) == len(bound) == 2 + 4
+    header = bound[0]
+    for column in (
+        "MACs ratio (baseline / this)",
+        "× faster bs1",
+        "speed-up / MACs ratio bs1",
+        "× faster bs64",
+        "speed-up / MACs ratio bs64",
+    ):
+        assert column in header
+    cells = cells_by_name(bound)
+    assert cells["onnx_int8"] == ["onnxruntime", "2.00", "5.00", "2.50", "4.00", "2.00"]
+    assert cells["student"] == ["torch eager", "1.00", "1.00", "1.00", "1.00", "1.00"]
+    assert cells["teacher"] == ["torch eager", "0.12", "0.50", "4.00", "0.25", "2.00"]
+    assert cells["compressed"] == ["file", "-", "-", "-", "-", "-"]
+    text = (tmp_path / "report.md").read_text()
+    assert "speed-up / MACs ratio = × faster / MACs ratio: 1.00 means latency fell exactly" in text
+    int8 = by_name(tmp_path)["onnx_int8"]
+    assert int8["macs_ratio"] == 2.0
+    assert int8["speedup_per_macs_ratio_bs1"] == 2.5
+    assert int8["speedup_per_macs_ratio_bs64"] == 2.0
+
+
+def int8_loses_rows() -> list[dict[str, Any]]:
+    """A tiny CNN as the default recipe exports it: int8 slower than fp32 in onnxruntime."""
+    common = {"runtime": "onnxruntime", "exported": True, "macs": 11_330}
+    return [
+        make_row("student", precision="fp32", test_acc=0.9455, bytes=20_992, macs=23_290,
+                 latency_ms_bs1=0.0703, latency_ms_bs64=0.264),
+        make_row("onnx_fp32", precision="fp32", test_acc=0.9455, bytes=10_035,
+                 latency_ms_bs1=0.0112, latency_ms_bs64=0.114, path="student_fp32.onnx", **common),
+        make_row("onnx_int8", precision="int8", test_acc=0.9440, bytes=10_035,
+                 latency_ms_bs1=0.0141, latency_ms_bs64=0.228, path="student_int8.onnx", **common),
+    ]  # fmt: skip
+
+
+def test_the_recommendation_says_int8_loses_and_ships_the_fp32_file(tmp_path: Path) -> None:
+    machine = {"cpu": "AMD EPYC", "int8_instructions": []}
+    write_report(tmp_path, int8_loses_rows(), machine=machine)
+    text = (tmp_path / "report.md").read_text()
+    assert "## Recommendation\n\nShip **onnx_fp32** (`student_fp32.onnx`, onnxruntime).\n" in text
+    assert (
+        "Rule: ship the fastest exported artifact at batch 64 whose test accuracy is within 1 "
+        in text
+    )
+    assert "Why: onnx_fp32 is the fastest at batch 64 (0.114 ms, 2.32x the baseline)" in text
+    assert (
+        "- **onnx_int8** 0.228 ms against **onnx_fp32** 0.114 ms in onnxruntime (2.00x slower)"
+        in text
+    )
+    assert "Machine: AMD EPYC; int8 dot-product instructions: none (no VNNI" in text
+    payload = json.loads((tmp_path / "report.json").read_text())
+    assert payload["recommendation"]["artifact"] == "onnx_fp32"
+    assert payload["recommendation"]["int8_slower_than_fp32"][0]["slowdown"] == 2.0
+    assert payload["machine"] == machine
+
+
+def test_the_recommendation_when_int8_wins_and_when_nothing_qualifies(tmp_path: Path) -> None:
+    rows = int8_loses_rows()
+    rows[2]["latency_ms_bs64"] = 0.0671
+    write_report(tmp_path, rows, machine={"cpu": "AMD EPYC", "int8_instructions": ["avx512_vnni"]})
+    text = (tmp_path / "report.md").read_text()
+    assert "Ship **onnx_int8** (`student_int8.onnx`, onnxruntime)." in text
+    assert "Every int8 artifact is faster at batch 64 than the fastest fp32 artifact" in text
+    assert "int8 dot-product instructions: avx512_vnni." in text
+
+    write_report(tmp_path, rows[:1])  # only the baseline: nothing exported
+    text = (tmp_path / "report.md").read_text()
+    assert "## Recommendation\n\nNone: no exported artifact" in text
+    assert "Machine:" not in text
+    assert json.loads((tmp_path / "report.json").read_text())["recommendation"] is None
+
+
 def test_markdown_escapes_pipes_and_formats_sub_millisecond_latency(tmp_path: Path) -> None:
     rows = [make_row("student", latency_ms_bs1=0.0421), make_row("a|b", runtime="x|y")]
     write_report(tmp_path, rows)
@@ -261,7 +363,7 @@ def test_png_has_the_signature_and_the_pixel_size(tmp_path: Path) -> None:
     assert path.read_bytes()[:8] == PNG_SIGNATURE
     pixels = mpl_image.imread(path)
     width, height = round(FIGSIZE[0] * DPI), round(FIGSIZE[1] * DPI)
-    assert pixels.shape[:2] == (height, width) == (400, 1200)
+    assert pixels.shape[:2] == (height, width) == (500, 1200)
     # Something was drawn: not a blank white canvas.
     assert float(pixels[..., :3].std()) > 0.01
 
@@ -269,7 +371,7 @@ def test_png_has_the_signature_and_the_pixel_size(tmp_path: Path) -> None:
 def test_png_with_an_unmeasured_panel(tmp_path: Path) -> None:
     rows = [make_row("student", test_acc=0.0, bytes=100), make_row("onnx_fp32", bytes=90)]
     write_report(tmp_path, rows)
-    assert mpl_image.imread(tmp_path / "report.png").shape[:2] == (400, 1200)
+    assert mpl_image.imread(tmp_path / "report.png").shape[:2] == (500, 1200)
 
 
 def test_writing_again_replaces_the_report(tmp_path: Path) -> None:
@@ -296,6 +398,8 @@ def test_writing_again_replaces_the_report(tmp_path: Path) -> None:
         ([make_row("student", bytes=10.5)], "student", "rows[student].bytes"),
         ([make_row("student", macs=-1)], "student", "rows[student].macs"),
         ([make_row("student", runtime=3)], "student", "rows[student].runtime"),
+        ([make_row("student", precision=8)], "student", "rows[student].precision"),
+        ([make_row("student", exported="yes")], "student", "rows[student].exported"),
     ],
 )
 def test_bad_input_raises_and_writes_nothing(

@@ -44,9 +44,15 @@ def test_sections_keep_their_order_and_optional_ones_are_absent(tmp_path):
 
 
 def test_quantization_and_deployment_appear_when_set():
-    summary = _summary(quantization={"layers": {"fc": 8}}, deployment=[{"name": "student"}])
+    recommendation = {"artifact": "onnx_fp32", "reason": "fastest"}
+    summary = _summary(
+        quantization={"layers": {"fc": 8}},
+        deployment=[{"name": "student"}],
+        deployment_recommendation=recommendation,
+    )
     assert summary.to_dict()["quantization"] == {"layers": {"fc": 8}}
     assert summary.to_dict()["deployment"] == [{"name": "student"}]
+    assert summary.to_dict()["deployment_recommendation"] == recommendation
 
 
 def test_metric_reads_a_number_by_dotted_key():
