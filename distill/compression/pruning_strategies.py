@@ -9,18 +9,26 @@ channel groups named by their first producer (`ChannelGroupStrategy`).
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 import torch
 from torch import Tensor, nn
 
-from distill.compression.criteria import ROUND_TO_ALLOWED, channel_mask, expand_channel_mask
+from distill.compression.criteria import (
+    ROUND_TO_ALLOWED,
+    channel_mask,
+    expand_channel_mask,
+    kept_channels,
+)
 from distill.compression.groups import ChannelGroup, find_channel_groups
 from distill.compression.masks import attach_mask, get_mask, set_mask
 from distill.compression.pruners import ChannelPruning, PruningCriterion, WeightCriterion
 from distill.errors import ConfigError
 from distill.validate import require_int
+
+log = logging.getLogger(__name__)
 
 # Masked tensors of a layer in a channel group: a zeroed channel needs its bias zeroed too.
 CHANNEL_TENSORS = ("weight", "bias")
@@ -126,6 +134,7 @@ class ChannelGroupStrategy(PruningStrategy):
             )
         self.final = {group.name: finals[group.name] for group in self.groups}
         self.layers = [name for group in self.groups for name in group.producers]
+        self._warn_of_groups_left_whole()
         for group in self.groups:
             for module in self._members(model, group):
                 for tensor in CHANNEL_TENSORS:
@@ -155,6 +164,28 @@ class ChannelGroupStrategy(PruningStrategy):
                     if get_mask(module, tensor) is not None:
                         shape = getattr(module, tensor).shape
                         set_mask(module, tensor, expand_channel_mask(keep, shape))
+
+    def _warn_of_groups_left_whole(self) -> None:
+        """Say so when rounding undoes a group's pruning: too few channels for a block to
+        round to (the default recipe's 16-channel groups at round_to=16 stay dense)."""
+        if self.round_to == 1:
+            return
+        whole = [
+            f"{group.name} ({group.channels} channels, the target keeps "
+            f"{kept_channels(group.channels, self.final[group.name])})"
+            for group in self.groups
+            if self.final[group.name] > 0
+            and kept_channels(group.channels, self.final[group.name], self.round_to)
+            == group.channels
+        ]
+        if whole:
+            log.warning(
+                "pruning.round_to=%d leaves %d of %d channel groups whole, unpruned: %s",
+                self.round_to,
+                len(whole),
+                len(self.groups),
+                ", ".join(whole),
+            )
 
     @staticmethod
     def _members(model: nn.Module, group: ChannelGroup) -> list[nn.Module]:

@@ -20,6 +20,7 @@ from distill.compression import (
     RandomPruning,
     SparsityLogger,
     bake_into,
+    channel_mask,
     get_mask,
     kept_channels,
     weight_sparsity,
@@ -28,7 +29,7 @@ from distill.config import build
 from distill.deploy import remove_zero_channels
 from distill.errors import ConfigError
 
-from .test_pruning import INPUT_SHAPE, loader, module_for, trainer
+from .test_pruning import INPUT_SHAPE, loader, module_for, tiny_cnn, trainer
 
 # The ramp of test_pruning: updates at steps 2, 5, 8, 11, 14 to 0, 0.434, 0.656, 0.738, 0.75.
 RAMP = AGPSchedule(final_sparsity=0.75, start=2, frequency=3, num_updates=4)
@@ -73,6 +74,13 @@ def test_kept_channels_stay_in_range_rounded_and_never_grow_with_sparsity(round_
             # get nearer (fewer than round_to channels left, or none to round up to).
             if round_to <= unrounded and unrounded + round_to / 2 <= channels:
                 assert abs(count - unrounded) <= round_to / 2
+
+
+def test_channel_mask_keeps_the_highest_scores_rounded():
+    scores = torch.randperm(24, generator=torch.Generator().manual_seed(0)).float()
+    keep = channel_mask(scores, 0.5, round_to=8)  # 12 -> 16
+    assert torch.equal(keep, scores >= 8)  # the 16 highest of 0..23
+    assert torch.equal(channel_mask(scores, 0.5), scores >= 12)  # off: 12 kept
 
 
 class Wide(nn.Module):
@@ -301,3 +309,18 @@ def test_a_checkpoint_rounded_otherwise_is_refused_on_resume():
     callback(None).load_state_dict(legacy)
     with pytest.raises(ConfigError):
         callback(8).load_state_dict(legacy)
+
+
+def test_groups_that_rounding_leaves_whole_are_warned_of(caplog):
+    callback = PruningCallback(ChannelPruning(), RAMP, unit="step", round_to=16)
+    with caplog.at_level("WARNING", logger="distill.compression.pruning_strategies"):
+        callback.attach(tiny_cnn(), torch.randn(2, *INPUT_SHAPE))  # two groups of 8 channels
+    (record,) = caplog.records
+    assert "round_to=16 leaves 2 of 2 channel groups whole" in record.getMessage()
+    assert "3 (8 channels, the target keeps 2)" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="distill.compression.pruning_strategies"):
+        PruningCallback(ChannelPruning(), RAMP, unit="step", round_to=2).attach(
+            tiny_cnn(), torch.randn(2, *INPUT_SHAPE)
+        )
+    assert not caplog.records
