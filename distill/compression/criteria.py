@@ -3,7 +3,8 @@
 Every criterion prunes exactly `k = round(sparsity * n)` entries (Python's `round`, so halves go
 to the even neighbour) and breaks ties by index with a stable sort: the lowest-scoring entries
 go first, and among equal scores the one with the lower flat index goes first. Identical inputs
-therefore give identical masks on every DDP rank.
+therefore give identical masks on every DDP rank. Channel masks may round that count further,
+to multiples of a kernel's channel block (`kept_channels`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from distill.validate import require_fraction, require_int
 
 # Channel scores and N:M need output channels first and the inputs after them.
 LAYER_WEIGHT_ALLOWED = "a conv or linear weight with at least 2 dims, output channels first"
+ROUND_TO_ALLOWED = "an integer >= 1 (channels kept per group: a multiple of it) or null (off)"
 
 
 def _keep_all_but_lowest(scores: Tensor, num_pruned: int) -> Tensor:
@@ -129,16 +131,39 @@ def taylor_channel_scores(weight: Tensor, grad: Tensor | None) -> Tensor:
     return (weight.detach() * grad.detach()).flatten(1).sum(dim=1).pow(2)
 
 
-def channel_mask(scores: Tensor, sparsity: float) -> Tensor:
-    """Keep-mask over channels: drop the `round(sparsity * C)` lowest scores, keep at least one."""
+def kept_channels(channels: int, sparsity: float, round_to: int = 1) -> int:
+    """How many of a group's `channels` survive `sparsity`.
+
+    Without rounding (`round_to=1`): `channels - round(sparsity * channels)`, at least one (a
+    layer with no channels left would cut the network in two). With `round_to=r > 1`, that
+    count moves to the nearest count a kernel blocks evenly: a multiple of r from r up to
+    `channels`, or `channels` itself (the group left whole); a tie goes to the larger count
+    (fewer channels pruned). So a group never loses every channel, never keeps more than it
+    has, and one smaller than r stays whole. Nearest rather than always up: the achieved
+    sparsity stays within half a block of the target per group, on either side, instead of
+    falling short by up to a whole block everywhere (which would give back much of the
+    latency the rounding is for). The count never grows with `sparsity`, so a schedule that
+    only raises the target never revives a pruned channel.
+    """
+    channels = require_int("channels", channels, minimum=1)
+    round_to = require_int("round_to", round_to, minimum=1, allowed=ROUND_TO_ALLOWED)
+    sparsity = require_fraction("sparsity", sparsity, allowed=SPARSITY_ALLOWED)
+    kept = max(channels - round(sparsity * channels), 1)
+    if round_to == 1:
+        return kept
+    allowed = {*range(round_to, channels + 1, round_to), channels}
+    # Nearest allowed count; among two equally near, the larger one (-count sorts it first).
+    return min(allowed, key=lambda count: (abs(count - kept), -count))
+
+
+def channel_mask(scores: Tensor, sparsity: float, round_to: int = 1) -> Tensor:
+    """Keep-mask over channels: the `kept_channels(C, sparsity, round_to)` highest scores."""
     if scores.dim() != 1 or scores.numel() == 0:
         raise ConfigError(
             "scores", f"tensor of shape {tuple(scores.shape)}", "one score per channel (1-D)"
         )
-    # A layer with no channels left would cut the network in two.
-    sparsity = require_fraction("sparsity", sparsity, allowed=SPARSITY_ALLOWED)
-    num_pruned = min(round(sparsity * scores.numel()), scores.numel() - 1)
-    return _keep_all_but_lowest(scores, num_pruned)
+    channels = scores.numel()
+    return _keep_all_but_lowest(scores, channels - kept_channels(channels, sparsity, round_to))
 
 
 def expand_channel_mask(channel_mask: Tensor, weight_shape: Sequence[int]) -> Tensor:

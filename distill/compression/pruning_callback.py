@@ -58,7 +58,11 @@ class PruningCallback(pl.Callback):
     How masks are attached and applied is the criterion's strategy (`pruning_strategies.py`):
     per weight, or per coupled channel group. `unit` says whether the schedule counts
     optimizer steps or epochs. `layer_sparsity` maps name patterns to a final sparsity of their
-    own; the schedule's shape is scaled to reach it. `SparsityLogger` logs each update.
+    own; the schedule's shape is scaled to reach it. `round_to` (channel pruning only; null or
+    1 is off) makes every update keep a multiple of that many channels in each coupled group,
+    to match the channel blocks of CPU kernels: the schedule's sparsity is then a target, and
+    what is logged and recorded is the sparsity the masks achieve. `SparsityLogger` logs each
+    update.
     """
 
     def __init__(
@@ -70,9 +74,10 @@ class PruningCallback(pl.Callback):
         exclude: Sequence[str] = (),
         keep_first_last_dense: bool = True,
         layer_sparsity: Mapping[str, float] | None = None,
+        round_to: int | None = None,
     ) -> None:
         self.unit = require_choice("pruning.unit", unit, UNITS)
-        self.strategy: PruningStrategy = strategy_for(criterion)
+        self.strategy: PruningStrategy = strategy_for(criterion, round_to)
         if layer_sparsity and not criterion.per_layer_targets:
             raise ConfigError(
                 "pruning.layer_sparsity",
@@ -106,6 +111,11 @@ class PruningCallback(pl.Callback):
     def removes_channels(self) -> bool:
         """Whether pruned channels are whole, so the trained student can be slimmed."""
         return self.strategy.removes_channels
+
+    @property
+    def round_to(self) -> int:
+        """Channels kept per group are a multiple of this (1: any count)."""
+        return self.strategy.round_to
 
     @property
     def attached(self) -> bool:
@@ -183,6 +193,7 @@ class PruningCallback(pl.Callback):
             "last_update": self.last_update,
             "layers": list(self.layers),
             "final": dict(self.final),
+            "round_to": self.round_to,
             "criterion": self.strategy.state_dict(),
         }
 
@@ -193,6 +204,15 @@ class PruningCallback(pl.Callback):
                 "pruning state",
                 f"a checkpoint pruned on the same layers; it has {state_dict['layers'][:5]}..., "
                 f"this run prunes {self.layers[:5]}...",
+            )
+        # Checkpoints from before round_to existed rounded nothing.
+        saved_round_to = state_dict.get("round_to", 1)
+        if saved_round_to != self.round_to:
+            raise ConfigError(
+                "pruning.round_to",
+                self.round_to,
+                f"the checkpoint's round_to={saved_round_to}: its masks were rounded so, and a "
+                "resumed run must keep rounding the same way to end with the same masks",
             )
         self.last_update = state_dict["last_update"]
         self.strategy.load_state_dict(state_dict["criterion"])

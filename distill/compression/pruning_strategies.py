@@ -9,17 +9,26 @@ channel groups named by their first producer (`ChannelGroupStrategy`).
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor, nn
 
-from distill.compression.criteria import channel_mask, expand_channel_mask
+from distill.compression.criteria import (
+    ROUND_TO_ALLOWED,
+    channel_mask,
+    expand_channel_mask,
+    kept_channels,
+)
 from distill.compression.groups import ChannelGroup, find_channel_groups
 from distill.compression.masks import attach_mask, get_mask, set_mask
 from distill.compression.pruners import ChannelPruning, PruningCriterion, WeightCriterion
 from distill.errors import ConfigError
+from distill.validate import require_int
+
+log = logging.getLogger(__name__)
 
 # Masked tensors of a layer in a channel group: a zeroed channel needs its bias zeroed too.
 CHANNEL_TENSORS = ("weight", "bias")
@@ -33,6 +42,7 @@ class PruningStrategy(abc.ABC):
     def __init__(self) -> None:
         self.layers: list[str] = []  # layers whose weights carry masks
         self.final: dict[str, float] = {}  # final sparsity per unit
+        self.round_to = 1  # channels kept per group: a multiple of this (channel groups only)
 
     @property
     def removes_channels(self) -> bool:
@@ -94,11 +104,17 @@ class UnstructuredStrategy(PruningStrategy):
 
 class ChannelGroupStrategy(PruningStrategy):
     """Whole output channels of coupled groups (found by `find_channel_groups`): one channel
-    mask per group, on the weight and bias of its producers and of the norms after them."""
+    mask per group, on the weight and bias of its producers and of the norms after them.
 
-    def __init__(self, criterion: ChannelPruning) -> None:
+    With `round_to` > 1 every update keeps a multiple of `round_to` channels per group
+    (`criteria.kept_channels` says how it rounds), so the slim model's layers match the channel
+    blocks of CPU kernels (onnxruntime's NCHWc: 8 on AVX2, 16 on AVX-512; XNNPACK likewise).
+    """
+
+    def __init__(self, criterion: ChannelPruning, round_to: int = 1) -> None:
         super().__init__()
         self.criterion: ChannelPruning = criterion
+        self.round_to = require_int("round_to", round_to, minimum=1, allowed=ROUND_TO_ALLOWED)
         self.groups: list[ChannelGroup] = []
 
     def attach(
@@ -118,6 +134,7 @@ class ChannelGroupStrategy(PruningStrategy):
             )
         self.final = {group.name: finals[group.name] for group in self.groups}
         self.layers = [name for group in self.groups for name in group.producers]
+        self._warn_of_groups_left_whole()
         for group in self.groups:
             for module in self._members(model, group):
                 for tensor in CHANNEL_TENSORS:
@@ -137,7 +154,7 @@ class ChannelGroupStrategy(PruningStrategy):
             raise RuntimeError(f"{group.name} has no mask; call attach() first")
         alive = first.mask.flatten(1).any(dim=1)
         scores = torch.where(alive, scores.clamp_min(0) + 1, torch.zeros_like(scores))
-        return channel_mask(scores, targets[group.name])
+        return channel_mask(scores, targets[group.name], self.round_to)
 
     def apply(self, model: nn.Module, keeps: Mapping[str, Tensor]) -> None:
         for group in self.groups:
@@ -148,17 +165,64 @@ class ChannelGroupStrategy(PruningStrategy):
                         shape = getattr(module, tensor).shape
                         set_mask(module, tensor, expand_channel_mask(keep, shape))
 
+    def _warn_of_groups_left_whole(self) -> None:
+        """Say so when rounding undoes a group's pruning: too few channels for a block to
+        round to (the default recipe's 16-channel groups at round_to=16 stay dense)."""
+        if self.round_to == 1:
+            return
+        whole = [
+            f"{group.name} ({group.channels} channels, the target keeps "
+            f"{kept_channels(group.channels, self.final[group.name])})"
+            for group in self.groups
+            if self.final[group.name] > 0
+            and kept_channels(group.channels, self.final[group.name], self.round_to)
+            == group.channels
+        ]
+        if whole:
+            log.warning(
+                "pruning.round_to=%d leaves %d of %d channel groups whole, unpruned: %s",
+                self.round_to,
+                len(whole),
+                len(self.groups),
+                ", ".join(whole),
+            )
+
     @staticmethod
     def _members(model: nn.Module, group: ChannelGroup) -> list[nn.Module]:
         return [model.get_submodule(name) for name in (*group.producers, *group.norms)]
 
 
-def strategy_for(criterion: PruningCriterion) -> PruningStrategy:
-    """The strategy that applies `criterion`'s masks (the one place that asks its kind)."""
+def check_round_to(round_to: object, criterion: PruningCriterion) -> int:
+    """`pruning.round_to` as an int (null is 1: off), refused above 1 for a criterion that
+    removes no whole channels (there is no channel count to round)."""
+    if round_to is None:
+        return 1
+    value = require_int("pruning.round_to", round_to, minimum=1, allowed=ROUND_TO_ALLOWED)
+    if value > 1 and not criterion.removes_channels:
+        raise ConfigError(
+            "pruning.round_to",
+            round_to,
+            f"null or 1 with {type(criterion).__name__}, which removes no whole channels "
+            "(round_to rounds the channels ChannelPruning keeps: pruning=channel_l1, "
+            "channel_taylor)",
+        )
+    return value
+
+
+def strategy_for(criterion: PruningCriterion, round_to: int | None = None) -> PruningStrategy:
+    """The strategy that applies `criterion`'s masks (the one place that asks its kind), with
+    `round_to` checked against it (`check_round_to`)."""
+    if not isinstance(criterion, PruningCriterion):
+        _refuse_criterion(criterion)
+    rounding = check_round_to(round_to, criterion)
     if isinstance(criterion, ChannelPruning):
-        return ChannelGroupStrategy(criterion)
+        return ChannelGroupStrategy(criterion, rounding)
     if isinstance(criterion, WeightCriterion):
         return UnstructuredStrategy(criterion)
+    _refuse_criterion(criterion)
+
+
+def _refuse_criterion(criterion: object) -> NoReturn:
     raise ConfigError(
         "pruning.criterion",
         type(criterion).__name__,
