@@ -59,6 +59,9 @@ class RunDirGuard:
 
     path: Path
     existed: bool
+    # The nearest parent that existed before this run made its directory: the folders in
+    # between (outputs/<date>/) were made for it too, and go with it when it is discarded.
+    parent_before: Path | None = None
 
     @classmethod
     def plan(cls, arguments: Sequence[str], resuming: bool = False) -> RunDirGuard | None:
@@ -77,6 +80,7 @@ class RunDirGuard:
             path = _resolve_run_dir(arguments)
             if path is None:
                 return None
+            parent_before = _nearest_existing(path.parent)
             try:
                 path.mkdir(parents=True)
             except FileExistsError:
@@ -89,7 +93,7 @@ class RunDirGuard:
             except OSError:
                 require_writable_dir("hydra.run.dir", path)  # refuses, saying why
                 raise
-            return cls(path, existed=False)
+            return cls(path, existed=False, parent_before=parent_before)
         raise ConfigError(
             "hydra.run.dir",
             str(path),
@@ -109,4 +113,19 @@ class RunDirGuard:
         if not {child.name for child in self.path.iterdir()} <= HYDRA_OWN:
             return False
         shutil.rmtree(self.path)
+        # Then the folders made for it, while empty (another run may have made one its own).
+        folder = self.path.parent.absolute()
+        stop = self.parent_before.absolute() if self.parent_before else folder
+        while folder != stop and stop in folder.parents:
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty: another run's
+            folder = folder.parent
         return True
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path

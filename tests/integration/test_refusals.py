@@ -311,3 +311,20 @@ def test_what_hydra_cannot_compose_exits_2_naming_the_options_or_close_keys(
     output = capsys.readouterr().err
     assert output.startswith(f"distill-train: {message}") and "Traceback" not in output
     assert not run_dir.exists()  # refused before Hydra's app made the run directory
+
+
+def test_a_refused_run_in_a_default_directory_leaves_no_empty_date_folder(
+    tmp_path, monkeypatch, capsys
+):
+    """The default run directory is <log_dir>/<date>/<time>: the folders made for it go with
+    it, and a folder that held something before is kept."""
+    kept = tmp_path / "kept"
+    (kept / "earlier").mkdir(parents=True)
+    for log_dir in (tmp_path / "new", kept):
+        argv = [*TINY, f"paths.cache_dir={tmp_path / 'cache'}", f"paths.log_dir={log_dir}"]
+        monkeypatch.setattr(sys, "argv", ["distill-train", *argv, "seed=-1"])
+        with pytest.raises(SystemExit) as exited:
+            main()
+        assert exited.value.code == 2, capsys.readouterr().err[-2000:]
+    assert not (tmp_path / "new").exists()
+    assert [path.name for path in kept.iterdir()] == ["earlier"]
