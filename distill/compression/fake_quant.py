@@ -10,11 +10,15 @@ observer (momentum 0.1: DESIGN.md section 3 measured 0.01 to stall). The same sc
 point become the QuantizeLinear / DequantizeLinear pair of the int8 ONNX graph.
 
 torch.ao's eager QAT is deprecated and on x86 its fake-quant clips activations where its own int8
-kernels do not (DESIGN.md section 3); these two modules use only the `torch.fake_quantize_*` ops.
+kernels do not (DESIGN.md section 3); these two modules use only the `torch.fake_quantize_*` ops,
+or, for activations, `fake_quantize_per_tensor`: the same arithmetic in vectorized elementwise
+ops, bit for bit (torch's per-tensor CPU kernel is a scalar loop, ~4x slower, and was most of a
+QAT step's overhead on the default student: issue 11).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -35,6 +39,45 @@ def check_bits(bits: object, field: str) -> int:
         allowed="an integer number of weight bits from 2 to 8 (8: int8 default; 7: int8 kernels "
         "on CPUs without VNNI; 4 and below: weight-only experiments, not exportable to ONNX)",
     )
+
+
+@torch.no_grad()
+def _round_to_grid(
+    x: Tensor, scale: float, zero_point: int, quant_min: int, quant_max: int
+) -> tuple[Tensor, Tensor]:
+    """The fake-quant kernel's arithmetic, each step one float32 op rounded as it rounds it:
+    x * (1 / scale) rounded half to even, plus the zero point, clamped, minus the zero point,
+    times the scale. Also returns where x fell inside the grid (the gradient's mask)."""
+    inverse = float(np.float32(1.0) / np.float32(scale))
+    rounded = (x * inverse).round_().add_(zero_point)
+    clamped = rounded.clamp(quant_min, quant_max)
+    # 1.0 inside, 0.0 outside, in place of `rounded` (no further use, one allocation less):
+    # multiplying by it is what multiplying by the kernel's bool mask does.
+    inside = rounded.eq_(clamped)
+    return clamped.sub_(zero_point).mul_(scale), inside
+
+
+def fake_quantize_per_tensor(
+    x: Tensor, scale: float, zero_point: int, quant_min: int, quant_max: int
+) -> Tensor:
+    """`torch.fake_quantize_per_tensor_affine(x, scale, zero_point, quant_min, quant_max)` for a
+    float32 scale: the same values and straight-through gradient, bit for bit, in vectorized
+    elementwise ops (torch's CPU kernel is a scalar loop, ~4x slower on a 40k-element tensor).
+    Tensors other than float32 go to torch's op (its kernel computes half and bfloat16 in float).
+    Non-finite elements differ: torch's kernel casts them to an integer (undefined in C++);
+    here an infinity clamps to its end of the grid and a NaN stays NaN."""
+    if x.dtype != torch.float32:
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, quant_min, quant_max)
+    rounded, inside = _round_to_grid(x, scale, zero_point, quant_min, quant_max)
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return rounded
+    # The straight-through gradient as one built-in autograd node (a Python autograd.Function,
+    # or adding a zero that carries the gradient, cost more than torch's kernel saves on small
+    # tensors): `x * inside` backpropagates `grad * inside`, which is torch's cachemask
+    # backward exactly; its saved tensor is `inside`, so its values may be replaced.
+    through = x * inside
+    through.data = rounded
+    return through
 
 
 class WeightFakeQuant(nn.Module):
@@ -146,7 +189,32 @@ class ActivationFakeQuant(nn.Module):
         zero_point = (qmin - torch.round(low / scale)).clamp(qmin, qmax).to(torch.int32)
         return scale, zero_point
 
+    def host_qparams(self) -> tuple[float, int]:
+        """`qparams()` as Python numbers, bit for bit: the same float32 operations in NumPy
+        scalars, a quarter of the time of ten 0-d tensor ops (this runs at every site, every
+        step). A NaN range goes through `qparams()`."""
+        float32 = np.float32
+        low = min(float32(self.min_val.item()), float32(0.0))
+        high = max(float32(self.max_val.item()), float32(0.0))
+        if not (np.isfinite(low) and np.isfinite(high)):
+            scale_tensor, zero_point_tensor = self.qparams()
+            return float(scale_tensor), int(zero_point_tensor)
+        qmin, qmax = ACTIVATION_RANGE
+        scale = max((high - low) / float32(qmax - qmin), float32(1e-8))
+        zero_point = min(max(float32(qmin) - np.round(low / scale), float32(qmin)), float32(qmax))
+        return float(scale), int(zero_point)
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.training and bool(self.observing):
+            self.observe(x)
+        if not bool(self.enabled) or not bool(self.initialized):
+            return x
+        scale, zero_point = self.host_qparams()
+        return fake_quantize_per_tensor(x, scale, zero_point, *ACTIVATION_RANGE)
+
+    def reference_forward(self, x: Tensor) -> Tensor:
+        """`forward` as it was before issue 11 (0-d tensor qparams, torch's fake-quant kernel):
+        the same numbers, slower; kept to check and time `forward` against."""
         if self.training and bool(self.observing):
             self.observe(x)
         if not bool(self.enabled) or not bool(self.initialized):
