@@ -365,8 +365,9 @@ def test_host_qparams_are_qparams_bit_for_bit(seed):
     special = torch.tensor(
         [[0.0, 0.0], [-0.0, 0.0], [1e-12, 2e-12], [-3e-7, 0.0], [-2.0, -0.25], [0.5, 6.0]]
     )
+    too_wide = torch.tensor([[-3e38, 3e38]])  # a width beyond float32: torch's arithmetic
     observer = ActivationFakeQuant()
-    for low, high in torch.cat([special, ranges]).tolist():
+    for low, high in torch.cat([special, too_wide, ranges]).tolist():
         observer.min_val.fill_(low)
         observer.max_val.fill_(high)
         scale, zero_point = observer.qparams()
