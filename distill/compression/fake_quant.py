@@ -32,6 +32,9 @@ ACTIVATION_RANGE = (0, 255)  # uint8, affine
 _TINY_SCALE = 1e-12  # an all-zero (pruned) channel still needs a positive scale
 _MIN_SCALE = 1e-8  # an activation range of (nearly) zero width still needs a positive scale
 _FLOAT32 = struct.Struct("f")
+# Elements from which activation fake-quant runs vectorized ops rather than torch's scalar-loop
+# kernel: the two took the same time at ~2,500 float32 elements (1 thread, AVX2; issue 11).
+VECTORIZED_FROM = 2048
 
 
 def _float32(value: float) -> float:
@@ -75,14 +78,23 @@ def _round_to_grid(
 def fake_quantize_per_tensor(
     x: Tensor, scale: float, zero_point: int, quant_min: int, quant_max: int
 ) -> Tensor:
-    """`torch.fake_quantize_per_tensor_affine(x, scale, zero_point, quant_min, quant_max)` for a
-    float32 scale: the same values and straight-through gradient, bit for bit, in vectorized
-    elementwise ops (torch's CPU kernel is a scalar loop, ~4x slower on a 40k-element tensor).
-    Tensors other than float32 go to torch's op (its kernel computes half and bfloat16 in float).
-    Non-finite elements differ: torch's kernel casts them to an integer (undefined in C++);
-    here an infinity clamps to its end of the grid and a NaN stays NaN."""
-    if x.dtype != torch.float32:
+    """`torch.fake_quantize_per_tensor_affine(x, scale, zero_point, quant_min, quant_max)`, bit
+    for bit, by whichever is quicker: torch's op for tensors under `VECTORIZED_FROM` elements
+    (one op, where `fake_quantize_per_tensor_vectorized` runs nine) and other than float32, the
+    vectorized ops for the rest."""
+    if x.dtype != torch.float32 or x.numel() < VECTORIZED_FROM:
         return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, quant_min, quant_max)
+    return fake_quantize_per_tensor_vectorized(x, scale, zero_point, quant_min, quant_max)
+
+
+def fake_quantize_per_tensor_vectorized(
+    x: Tensor, scale: float, zero_point: int, quant_min: int, quant_max: int
+) -> Tensor:
+    """`torch.fake_quantize_per_tensor_affine` on a float32 `x`, in vectorized elementwise ops:
+    the same values and straight-through gradient, bit for bit (torch's CPU kernel is a scalar
+    loop, ~4x slower on a 40k-element tensor). Non-finite elements differ: torch's kernel casts
+    them to an integer (undefined in C++); here an infinity clamps to its end of the grid and a
+    NaN stays NaN."""
     rounded, inside = _round_to_grid(x, scale, zero_point, quant_min, quant_max)
     if not (x.requires_grad and torch.is_grad_enabled()):
         return rounded
