@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
@@ -539,6 +540,8 @@ def test_sites_of_hardswish_depthwise_relu6_and_a_gated_multiply():
         ({"batchnorm": "bogus"}, "quantization.batchnorm"),
         ({"start_epoch": -1}, "quantization.start_epoch"),
         ({"calibration_batches": 0}, "quantization.calibration_batches"),
+        ({"observer_interval": 0}, "quantization.observer_interval"),
+        ({"observer_interval": 2.5}, "quantization.observer_interval"),
     ],
 )
 def test_bad_settings_are_refused_at_construction(kwargs, field):
@@ -652,6 +655,38 @@ def test_phases_switch_weights_and_observers_epoch_by_epoch():
     state = {k: v.clone() for k, v in model.state_dict().items()}
     callback.enter_epoch(model, 3)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_observer_interval_observes_every_kth_step_and_never_set_ranges():
+    """observer_interval=3: ranges move at global steps 0, 3, 6 only (a run starting at step 1
+    sets them at once), and stop in the frozen epoch; the default observes every step."""
+
+    def run(interval: int, first_step: int) -> list[tuple[float, float]]:
+        model = with_stats(Net())
+        callback = QuantizationCallback(
+            start_epoch=0, observer_freeze_epoch=1, observer_interval=interval
+        )
+        callback.attach(model, inputs(2))
+        observer = observers_of(model)[INPUT_SITE]
+        ranges = []
+        for step in range(first_step, 9):
+            epoch = step // 7  # steps 7, 8: ranges frozen
+            trainer = SimpleNamespace(current_epoch=epoch, global_step=step)
+            callback.enter_epoch(model, epoch)
+            callback.on_train_batch_start(trainer, SimpleNamespace(student=model), None, step)
+            model.train()
+            with torch.no_grad():
+                model(inputs(4, seed=20 + step) * (1 + step))
+            ranges.append((float(observer.min_val), float(observer.max_val)))
+        return ranges
+
+    every, third = run(1, 0), run(3, 0)
+    moved = [step for step in range(1, 9) if third[step] != third[step - 1]]
+    assert moved == [3, 6]
+    assert third[0] == every[0] and third[2] == every[0]
+    assert len(set(every[:7])) == 7 and every[7] == every[8] == every[6]  # default: every step
+    late = run(3, 1)  # first step 1: not due, but the range was never set
+    assert late[0] != (0.0, 0.0) and [s for s in range(1, 8) if late[s] != late[s - 1]] == [2, 5]
 
 
 def test_weight_only_qat_with_batchnorm_folding():
