@@ -25,7 +25,10 @@ Every table is Markdown; each goal is judged PASS or MISS. Sections and their go
   fake-quant (enabled and observing, BatchNorm folded and frozen, as QAT trains), built up one
   piece at a time to show where the time goes. Default-recipe student (teacher outputs cached,
   as that recipe trains) and resnet20 (a frozen resnet56 teacher runs every step, as CIFAR
-  training with augmentation needs; its share is timed too). Goal: ratio <= 1.3.
+  training with augmentation needs; its share is timed too). Also timed, interleaved with the
+  rest: QAT with activation fake-quant as it was before issue 11 (`ActivationFakeQuant.
+  reference_forward`: 0-d tensor qparams, torch's scalar-loop kernel; the same numbers), so one
+  run shows the ratio before and after. Goal: ratio <= 1.3.
 - `accuracy`: the default recipe (channel pruning + int8 QAT), shortened to 30 epochs, run
   through `distill.pipeline.train` with export; the int8 ONNX file's MNIST-1D test accuracy
   against the dense fp32 student's in torch. Goal: within 1 point. Takes minutes; the teacher
@@ -489,7 +492,15 @@ STEP_VARIANTS = {
     "masks": "+ 50% masks (ms)",
     "weights": "+ weight fake-quant (ms)",
     "qat": "+ activation fake-quant = QAT (ms)",
+    "qat_reference": "QAT, activation fake-quant before issue 11 (ms)",
 }
+
+
+def with_reference_fake_quant(model: nn.Module) -> nn.Module:
+    """`model` (a QAT student) with each observer computing as before issue 11."""
+    for observer in observers_of(model).values():
+        observer.forward = observer.reference_forward  # type: ignore[method-assign]
+    return model
 
 
 def step_section() -> None:
@@ -525,15 +536,17 @@ def step_section() -> None:
             "masks": with_masks(model, example),
             "weights": with_qat(model, example, activations=False),
             "qat": with_qat(model, example),
+            "qat_reference": with_reference_fake_quant(with_qat(model, example)),
         }
         variants = {
-            key: kd_step(student, inputs, classes, frozen, freeze_bn=key in ("weights", "qat"))
+            key: kd_step(student, inputs, classes, frozen, freeze_bn=key not in ("plain", "masks"))
             for key, student in students.items()
         }
         if frozen is not None:
             variants["teacher"] = eager(frozen, inputs)
         medians = interleaved_medians(variants, rounds=rounds, warmup=2)
         ratio = medians["qat"] / medians["plain"]
+        reference_ratio = medians["qat_reference"] / medians["plain"]
         teacher_s = medians.get("teacher", 0.0)
         student_only = (medians["qat"] - teacher_s) / (medians["plain"] - teacher_s)
         rows.append(
@@ -542,6 +555,7 @@ def step_section() -> None:
             + [
                 f"{1e3 * teacher_s:.3g}" if frozen is not None else "0 (cached)",
                 ratio,
+                reference_ratio,
                 student_only,
             ]
         )
@@ -562,6 +576,7 @@ def step_section() -> None:
             *STEP_VARIANTS.values(),
             "of which teacher forward (ms)",
             "ratio QAT / plain",
+            "same, before issue 11",
             "ratio without the teacher",
         ],
         rows,

@@ -60,6 +60,7 @@ class QuantizationCallback(pl.Callback):
         batchnorm_epoch: int | float | None = None,
         observer_freeze_epoch: int | float | None = None,
         observer_momentum: float = 0.1,
+        observer_interval: int = 1,
         weight_sharing: WeightSharingSettings | Mapping[str, Any] | None = None,
         calibration_batches: int = 32,
     ) -> None:
@@ -74,6 +75,7 @@ class QuantizationCallback(pl.Callback):
             batchnorm_epoch=batchnorm_epoch,
             observer_freeze_epoch=observer_freeze_epoch,
             observer_momentum=observer_momentum,
+            observer_interval=observer_interval,
             weight_sharing=weight_sharing,
             calibration_batches=calibration_batches,
         )
@@ -186,18 +188,26 @@ class QuantizationCallback(pl.Callback):
     ) -> None:
         # Lightning puts the model back in train mode around validation; frozen statistics
         # must stay frozen for every batch.
-        if trainer.current_epoch >= self._epochs().batchnorm:
+        epoch = trainer.current_epoch
+        if epoch >= self._epochs().batchnorm:
             freeze_batchnorm(_student(pl_module))
+        interval = self.settings.observer_interval
+        if interval > 1 and self._observing(epoch):
+            # From the global step, which a checkpoint restores: resume stays exact.
+            self.quantizer.observe_now(_student(pl_module), trainer.global_step % interval == 0)
+
+    def _observing(self, epoch: int) -> bool:
+        epochs = self._epochs()
+        return epoch >= epochs.start and (
+            epochs.observer_freeze is None or epoch < epochs.observer_freeze
+        )
 
     @torch.no_grad()
     def enter_epoch(self, model: nn.Module, epoch: int) -> None:
         """Switch every phase flag to what `epoch` calls for (idempotent, so resume-safe)."""
         epochs = self._epochs()
         quantizing = epoch >= epochs.start
-        observing = quantizing and (
-            epochs.observer_freeze is None or epoch < epochs.observer_freeze
-        )
-        self.quantizer.set_phase(model, quantize=quantizing, observe=observing)
+        self.quantizer.set_phase(model, quantize=quantizing, observe=self._observing(epoch))
         if epoch >= epochs.batchnorm:
             if self.settings.batchnorm == "fold" and not self.folded:
                 self.quantizer.fold_batchnorm(model)

@@ -73,9 +73,11 @@ class QuantizationSettings:
     their own, or to None to leave a layer in float (the last matching pattern wins; a pattern
     matching no layer is refused when the student is prepared). Epochs are numbers or fractions
     of `trainer.max_epochs`; `batchnorm_epoch` defaults to `start_epoch`, `observer_freeze_epoch`
-    None keeps observing to the end. `observer_momentum` is checked when the observers are made
-    (`Quantizer.prepare`), since weight-only QAT makes none. `calibration_batches`: training
-    batches of the static post-training calibration.
+    None keeps observing to the end; while observing, `observer_interval` > 1 updates the ranges
+    only every that many optimizer steps (global_step a multiple of it, or a range never set yet):
+    a cheaper QAT step, different numbers, so off (1) by default. `observer_momentum` is
+    checked when the observers are made (`Quantizer.prepare`), since weight-only QAT makes none.
+    `calibration_batches`: training batches of the static post-training calibration.
     """
 
     weight_bits: int = 8
@@ -86,6 +88,7 @@ class QuantizationSettings:
     batchnorm_epoch: int | float | None = None
     observer_freeze_epoch: int | float | None = None
     observer_momentum: float = 0.1
+    observer_interval: int = 1
     weight_sharing: WeightSharingSettings | None = None
     calibration_batches: int = 32
 
@@ -110,6 +113,13 @@ class QuantizationSettings:
                 "quantization.weight_sharing", sharing, "null or {bits, epoch, include}"
             )
         require_int("quantization.calibration_batches", self.calibration_batches, minimum=1)
+        require_int(
+            "quantization.observer_interval",
+            self.observer_interval,
+            minimum=1,
+            allowed="an integer >= 1: observers update every that many training steps "
+            "(1: every step, the default)",
+        )
         if not self.has_fractions:
             self.resolve_epochs(None)  # integer epochs: their order is checked now
 

@@ -163,6 +163,13 @@ class Quantizer:
             observer.enabled.fill_(quantize)
             observer.observing.fill_(observe)
 
+    @torch.no_grad()
+    def observe_now(self, model: nn.Module, due: bool) -> None:
+        """During the observing phase with `observer_interval` > 1: observers update their
+        ranges on this step if it is `due`, and those that never observed do in any case."""
+        for observer in observers_of(model).values():
+            observer.observing.fill_(due or not bool(observer.initialized))
+
     def fold_batchnorm(self, model: nn.Module) -> None:
         """Fold each BatchNorm into the conv/linear before it, keeping every key."""
         fold_batchnorm_in_place(model, self._sites().folds)

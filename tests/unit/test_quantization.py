@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
@@ -30,6 +31,10 @@ from distill.compression import (
 )
 from distill.compression.activation_sites import INPUT_SITE, observers_of
 from distill.compression.batchnorm import fold_batchnorm_in_place, freeze_batchnorm
+from distill.compression.fake_quant import (
+    fake_quantize_per_tensor,
+    fake_quantize_per_tensor_vectorized,
+)
 from distill.compression.qdq import QDQLayer, build_qdq_model
 from distill.compression.quantization_callback import get_weight_fake_quant
 from distill.data.resumable import ResumableDataLoader
@@ -311,6 +316,102 @@ def test_observer_disabled_is_the_identity():
     assert observer(x) is x  # enabled, never observed
 
 
+def bits_of(tensor: Tensor) -> Tensor:
+    """A float tensor's bit patterns (so -0.0 and 0.0 differ, and NaN equals itself)."""
+    return tensor.view(torch.int32) if tensor.dtype == torch.float32 else tensor
+
+
+def grid_cases() -> list[tuple[Tensor, Tensor, Tensor]]:
+    """(x, scale, zero point): observed grids, off-grid scales, exact ties, clamping at both
+    ends, tiny and huge magnitudes, a non-contiguous tensor."""
+    generator = torch.Generator().manual_seed(11)
+    cases = []
+    for case in range(60):
+        n = int(torch.randint(1, 3000, (), generator=generator))
+        magnitude = 10.0 ** float(torch.randint(-4, 5, (), generator=generator))
+        x = torch.randn(n, generator=generator) * magnitude + torch.randn(1, generator=generator)
+        low, high = torch.aminmax(x)
+        scale = ((high.clamp(min=0) - low.clamp(max=0)) / 255).clamp_min(1e-8)
+        zero_point = (0 - torch.round(low.clamp(max=0) / scale)).clamp(0, 255).to(torch.int32)
+        if case % 2:  # a grid narrower or wider than x: clamped elements, other roundings
+            scale = scale * (0.3 + torch.rand((), generator=generator))
+        if case % 5 == 0:  # exact halves: round half to even
+            scale = torch.tensor(0.5)
+            x = torch.round(x * 4) / 4
+        cases.append((x, scale, zero_point))
+    wide = torch.randn(6, 40, generator=generator) * 3
+    cases.append((wide.t(), torch.tensor(0.02), torch.tensor(128, dtype=torch.int32)))
+    return cases
+
+
+def test_vectorized_fake_quant_is_torch_kernel_bit_for_bit():
+    for x, scale, zero_point in grid_cases():
+        torch_x, fast_x = x.clone().requires_grad_(), x.clone().requires_grad_()
+        expected = torch.fake_quantize_per_tensor_affine(torch_x, scale, zero_point, 0, 255)
+        out = fake_quantize_per_tensor_vectorized(fast_x, float(scale), int(zero_point), 0, 255)
+        assert torch.equal(bits_of(out), bits_of(expected))
+        grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(x.numel()))
+        expected.backward(grad)
+        out.backward(grad)
+        assert torch.equal(bits_of(fast_x.grad), bits_of(torch_x.grad))  # -0.0 included
+        qparams = (float(scale), int(zero_point), 0, 255)
+        with torch.no_grad():  # no mask to keep; and the dispatch by size
+            for fake_quantize in (fake_quantize_per_tensor_vectorized, fake_quantize_per_tensor):
+                assert torch.equal(bits_of(fake_quantize(x, *qparams)), bits_of(expected))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_host_qparams_are_qparams_bit_for_bit(seed):
+    generator = torch.Generator().manual_seed(seed)
+    exponents = torch.randint(-12, 6, (2000, 2), generator=generator).float()
+    ranges = torch.randn(2000, 2, generator=generator) * 10.0**exponents
+    special = torch.tensor(
+        [[0.0, 0.0], [-0.0, 0.0], [1e-12, 2e-12], [-3e-7, 0.0], [-2.0, -0.25], [0.5, 6.0]]
+    )
+    too_wide = torch.tensor([[-3e38, 3e38]])  # a width beyond float32: torch's arithmetic
+    observer = ActivationFakeQuant()
+    for low, high in torch.cat([special, too_wide, ranges]).tolist():
+        observer.min_val.fill_(low)
+        observer.max_val.fill_(high)
+        scale, zero_point = observer.qparams()
+        host_scale, host_zero_point = observer.host_qparams()
+        assert torch.equal(bits_of(torch.tensor(host_scale)), bits_of(scale)), (low, high)
+        assert host_zero_point == int(zero_point), (low, high)
+
+
+@pytest.mark.parametrize("build", [Net, ResNet], ids=["net", "resnet"])
+def test_qat_training_is_the_reference_path_bit_for_bit(build):
+    """A few SGD steps of QAT (observing, then frozen ranges) with `forward` and with the
+    pre-issue-11 `reference_forward` (tensor qparams, torch's kernel) at every site: the same
+    weights, BatchNorm, observer ranges, activation scales and zero points, bit for bit."""
+    students = {}
+    for path in ("fast", "reference"):
+        model = with_stats(build())
+        callback = QuantizationCallback(start_epoch=0, observer_freeze_epoch=1)
+        callback.attach(model, inputs(2))
+        if path == "reference":
+            for observer in observers_of(model).values():
+                observer.forward = observer.reference_forward  # type: ignore[method-assign]
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        targets = torch.arange(16) % NUM_CLASSES
+        for step in range(6):
+            callback.enter_epoch(model, step // 4)  # steps 4, 5: ranges frozen
+            model.train()
+            freeze_batchnorm(model)
+            optimizer.zero_grad()
+            F.cross_entropy(model(inputs(16, seed=10 + step) * (1 + step)), targets).backward()
+            optimizer.step()
+        students[path] = (model, callback)
+    (fast, fast_callback), (reference, reference_callback) = students["fast"], students["reference"]
+    fast_state, reference_state = fast.state_dict(), reference.state_dict()
+    assert fast_state.keys() == reference_state.keys()
+    for key, value in fast_state.items():
+        assert torch.equal(bits_of(value), bits_of(reference_state[key])), key
+    assert fast_callback.quantizer.qparams(fast) == reference_callback.quantizer.qparams(reference)
+    probe = inputs(8, seed=3)
+    assert torch.equal(fast.eval()(probe), reference.eval()(probe))
+
+
 # -- activation sites --------------------------------------------------------------------------
 
 SEQUENTIAL_SITES = [INPUT_SITE, "2", "5", "6", "8"]
@@ -439,6 +540,8 @@ def test_sites_of_hardswish_depthwise_relu6_and_a_gated_multiply():
         ({"batchnorm": "bogus"}, "quantization.batchnorm"),
         ({"start_epoch": -1}, "quantization.start_epoch"),
         ({"calibration_batches": 0}, "quantization.calibration_batches"),
+        ({"observer_interval": 0}, "quantization.observer_interval"),
+        ({"observer_interval": 2.5}, "quantization.observer_interval"),
     ],
 )
 def test_bad_settings_are_refused_at_construction(kwargs, field):
@@ -552,6 +655,38 @@ def test_phases_switch_weights_and_observers_epoch_by_epoch():
     state = {k: v.clone() for k, v in model.state_dict().items()}
     callback.enter_epoch(model, 3)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_observer_interval_observes_every_kth_step_and_never_set_ranges():
+    """observer_interval=3: ranges move at global steps 0, 3, 6 only (a run starting at step 1
+    sets them at once), and stop in the frozen epoch; the default observes every step."""
+
+    def run(interval: int, first_step: int) -> list[tuple[float, float]]:
+        model = with_stats(Net())
+        callback = QuantizationCallback(
+            start_epoch=0, observer_freeze_epoch=1, observer_interval=interval
+        )
+        callback.attach(model, inputs(2))
+        observer = observers_of(model)[INPUT_SITE]
+        ranges = []
+        for step in range(first_step, 9):
+            epoch = step // 7  # steps 7, 8: ranges frozen
+            trainer = SimpleNamespace(current_epoch=epoch, global_step=step)
+            callback.enter_epoch(model, epoch)
+            callback.on_train_batch_start(trainer, SimpleNamespace(student=model), None, step)
+            model.train()
+            with torch.no_grad():
+                model(inputs(4, seed=20 + step) * (1 + step))
+            ranges.append((float(observer.min_val), float(observer.max_val)))
+        return ranges
+
+    every, third = run(1, 0), run(3, 0)
+    moved = [step for step in range(1, 9) if third[step] != third[step - 1]]
+    assert moved == [3, 6]
+    assert third[0] == every[0] and third[2] == every[0]
+    assert len(set(every[:7])) == 7 and every[7] == every[8] == every[6]  # default: every step
+    late = run(3, 1)  # first step 1: not due, but the range was never set
+    assert late[0] != (0.0, 0.0) and [s for s in range(1, 8) if late[s] != late[s - 1]] == [2, 5]
 
 
 def test_weight_only_qat_with_batchnorm_folding():
