@@ -1,21 +1,17 @@
 """Deployment payoffs, measured side by side in one run and reported as ratios against goals.
 
-    python benchmarks/deploy.py [latency|size|step|accuracy|all]      (default: all)
+    python benchmarks/deploy.py [latency|ort|size|step|accuracy|mobile|all]   (default: all)
 
 Every table is Markdown; each goal is judged PASS or MISS. Sections and their goals:
 
-- `latency`: a CIFAR resnet20 student (10 classes, 3x32x32) taken down the deploy path as
-  training and `distill-export` take it: 50% of its prunable channels zeroed (one-shot L1
-  `ChannelPruning` through `PruningCallback`), int8 QAT attached (`QuantizationCallback`,
-  BatchNorm folded) with its activation observers calibrated on 8 random batches
-  (`Quantizer.calibrate`), baked, slimmed (`remove_zero_channels`), turned into the QDQ graph
-  (`Quantizer.convert`) and exported
-  (`export_onnx`). Variants, timed interleaved at batch 64 and 1, with 2 threads (torch and
-  onnxruntime alike) and with 1: dense fp32 torch eager (the baseline), slim fp32 eager, dense
-  fp32 ONNX, slim fp32 ONNX and slim int8 ONNX in onnxruntime (`OrtModel`). Goal: slim int8 in
-  onnxruntime >= 10x faster than dense fp32 eager at batch 64. Also printed: the MACs ratio, and
-  how many int8 kernels (QLinearConv, QLinearAdd, QGemm) the optimized onnxruntime graph holds,
-  which says whether the speed comes from int8 arithmetic or only from fusion and slimming.
+- `latency` (deploy_latency.py): ResNet-20 and MobileNetV2 (CIFAR-10 shapes) at 50% and 75% of
+  channels removed, batch 1 and 64, 2 threads and 1: dense fp32 torch eager against the slim
+  student in onnxruntime (fp32, int8) and in ExecuTorch (XNNPACK fp32, int8), with the
+  speed-up / MACs ratio and the int8 kernels of the optimized graph. Goal: the fastest
+  deployed file >= 10x faster than dense fp32 eager at batch 64.
+- `ort` (ort_settings.py): onnxruntime's settings one at a time (optimization level, NCHWc,
+  threads, static vs dynamic batch, per-channel vs per-tensor int8 weights, spinning) on the
+  slim students at 75%. No goal: it decides what `OrtModel` uses.
 - `size`: resnet20 (0.27M weights) at 90% unstructured magnitude sparsity with int8 QAT
   weights: `save_compressed` against `torch.save` of the baked fp32 state dict, next to the fp32
   and int8 ONNX files, and a row with 4-bit weight sharing (k-means, 16 shared values per
@@ -33,38 +29,36 @@ Every table is Markdown; each goal is judged PASS or MISS. Sections and their go
   through `distill.pipeline.train` with export; the int8 ONNX file's MNIST-1D test accuracy
   against the dense fp32 student's in torch. Goal: within 1 point. Takes minutes; the teacher
   trains once (cached under a temporary directory, or under $DISTILL_CACHE_DIR).
+- `mobile`: the MobileNet recipe (`recipes/mnist1d_mobilenetv2.yaml`: a MobileNetV2 student on
+  MNIST-1D, 75% of its channels removed, int8 QAT) and the same student trained dense in float;
+  every exported file's accuracy against that dense float student and its speed-up over the
+  dense fp32 student in torch eager, from the run's report. Goal: a file >= 10x faster at batch
+  64 within 1 point. Trains two students (~20 minutes on 2 cores).
 
 Latency runs with the thread counts above, as many rounds as fit a time budget; `step` runs
 single-threaded, as benchmarks/pruning.py (two threads on small shared CPUs stall each other).
 The load average at the start of each section is printed: the machine is shared, and ratios are
-only as good as the quiet they get. Two safeguards in `latency`: onnxruntime's idle threads do
-not spin (they would steal the cores from the torch variant timed next and inflate the
-baseline), and the two-thread goal is judged INVALID when two torch threads are not clearly
-faster than one (busy cores make torch's threads wait on each other: the baseline balloons and
-the goal would pass for the wrong reason).
+only as good as the quiet they get.
 """
 
 from __future__ import annotations
 
 import copy
 import io
-import os
 import sys
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
-import onnx
-import onnxruntime as ort
 import torch
 import torch.nn.functional as F
+from deploy_latency import latency_section
+from deploy_path import CIFAR_SHAPE, calibrate, eager, int8_graph, load_note, quantize
 from harness import interleaved_medians, print_table
+from ort_settings import ort_section
 from torch import Tensor, nn
 
 from distill.compression import (
-    ChannelPruning,
     Magnitude,
     OneShotSchedule,
     PruningCallback,
@@ -74,267 +68,25 @@ from distill.compression import (
 from distill.compression.activation_sites import observers_of
 from distill.compression.batchnorm import freeze_batchnorm
 from distill.config import build
-from distill.deploy import remove_zero_channels
 from distill.deploy.compressed import load_compressed, save_compressed
-from distill.deploy.onnx_runtime import OrtModel, export_onnx
+from distill.deploy.onnx_runtime import export_onnx
 from distill.losses import soft_target_kd
 from distill.models import resnet20, resnet56
 from recipes import compose_cfg, run_recipe
 
-CHANNEL_SPARSITIES = (0.5, 0.75)
-LATENCY_GOAL = 10.0  # dense fp32 eager time / slim int8 onnxruntime time, batch 64
-# Two-thread results count only if two torch threads ran dense eager at most this fraction of
-# one thread's time (quiet, 2 cores: ~0.5-0.7).
-TWO_THREAD_SCALING = 0.85
 SIZE_GOAL = 10.0  # dense fp32 checkpoint bytes / compressed bytes
 STEP_GOAL = 1.3  # QAT step time (masks + weight and activation fake-quant) / plain step time
 ACCURACY_GOAL = 1.0  # points of test accuracy the int8 ONNX file may lose
-SECTIONS = ("latency", "size", "step", "accuracy")
+SECTIONS = ("latency", "ort", "size", "step", "accuracy", "mobile")
 RESNET20_CONFIG = {"_target_": "distill.models.resnet20", "num_classes": 10}
-CIFAR_SHAPE = (3, 32, 32)
 
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def load_note() -> str:
-    one, five, _ = os.getloadavg()
-    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} CPUs"
-
-
 def make_resnet20() -> nn.Module:
     return resnet20(num_classes=10)
-
-
-# -- shared: the deploy path --------------------------------------------------------------
-
-
-def calibrate(model: nn.Module, qat: QuantizationCallback, input_shape: tuple[int, ...]) -> None:
-    """Run 8 random batches through `model` with its activation observers observing
-    (`Quantizer.calibrate`: BatchNorm keeps the trained statistics, QAT folded them already),
-    and leave it in eval mode."""
-    qat.quantizer.calibrate(model, (torch.randn(64, *input_shape) for _ in range(8)))
-    model.eval()
-
-
-def quantize(model: nn.Module, example: Tensor, **settings) -> QuantizationCallback:
-    """Attach int8 QAT to `model` (after any masks) and enter its first quantized epoch."""
-    quantization = QuantizationCallback(weight_bits=8, start_epoch=0, **settings)
-    quantization.attach(model, example)
-    quantization.enter_epoch(model, 0)
-    return quantization
-
-
-def int8_graph(plain: nn.Module, trained: nn.Module, qat: QuantizationCallback) -> nn.Module:
-    """The QDQ model of `plain` (baked, maybe slimmed) with `trained`'s observed scales."""
-    return qat.quantizer.convert(plain, qat.quantizer.qparams(trained))
-
-
-def optimized_op_counts(path: Path, out: Path) -> Counter:
-    """Op types of the graph onnxruntime runs after its extended optimizations (QDQ fusion)."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(out)
-    options.log_severity_level = 3
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return Counter(node.op_type for node in onnx.load(str(out)).graph.node)
-
-
-# -- latency ------------------------------------------------------------------------------
-
-
-def eager(model: nn.Module, inputs: Tensor) -> Callable[[], object]:
-    model.eval()
-
-    def run() -> None:
-        with torch.inference_mode():
-            model(inputs)
-
-    return run
-
-
-def timing_session(path: Path, threads: int) -> OrtModel:
-    """`OrtModel(path, threads=threads)` whose idle pool threads sleep instead of spinning.
-
-    onnxruntime's intra-op threads spin for a while after each run; interleaved with torch on a
-    2-core machine they steal the cores from the torch variant timed next (a dense resnet20 at
-    batch 64, 2 threads, measured ~50% slower right after a spinning session than right after a
-    non-spinning one), which would inflate the baseline and the speed-ups. One thread has no
-    pool, so nothing to switch off there. onnxruntime itself ran as fast either way.
-    """
-    model = OrtModel(path, threads=threads)
-    if threads > 1:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        options.intra_op_num_threads = threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        model.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return model
-
-
-def budgeted_medians(
-    variants: dict[str, Callable[[], object]], max_rounds: int, budget_s: float, min_rounds: int = 5
-) -> tuple[dict[str, float], int]:
-    """`interleaved_medians` with as many rounds as fit in `budget_s` (one timed round first,
-    which is also the warm-up), between `min_rounds` and `max_rounds`."""
-    started = time.perf_counter()
-    for run in variants.values():
-        run()
-    per_round = time.perf_counter() - started
-    rounds = max(min_rounds, min(max_rounds, int(budget_s / per_round)))
-    return interleaved_medians(variants, rounds=rounds, warmup=1), rounds
-
-
-def in_ort(session: OrtModel, inputs: Tensor) -> Callable[[], object]:
-    array = inputs.numpy()
-    return lambda: session(array)
-
-
-LATENCY_VARIANTS = {
-    "dense_eager": "dense fp32, torch eager",
-    "slim_eager": "slim fp32, torch eager",
-    "dense_ort": "dense fp32, onnxruntime",
-    "slim_ort": "slim fp32, onnxruntime",
-    "int8_ort": "slim int8, onnxruntime",
-}
-
-
-def latency_section() -> None:
-    # 50% is the default recipe's channel sparsity; 75% shows how far more structure goes.
-    for channel_sparsity in CHANNEL_SPARSITIES:
-        latency_at(channel_sparsity)
-
-
-def latency_at(channel_sparsity: float) -> None:
-    print(f"\n_latency, {channel_sparsity:.0%} of channels pruned: {load_note()}_")
-    torch.manual_seed(0)
-    example = torch.randn(1, *CIFAR_SHAPE)
-    dense = make_resnet20().eval()
-
-    model = copy.deepcopy(dense)
-    pruning = PruningCallback(ChannelPruning(), OneShotSchedule(sparsity=channel_sparsity, at=0))
-    pruning.attach(model, example)
-    pruning.apply(model, t=0)  # the final (and only) update
-    qat = quantize(model, example)
-    calibrate(model, qat, CIFAR_SHAPE)
-    baked = bake_into(model, make_resnet20()).eval()
-    report = remove_zero_channels(baked, example)
-    # The slim fp32 rows run this same model: fp32 weights that sit on the int8 grid, BatchNorm
-    # folded to a shift; the same shapes and ops, so the same time as a float-trained one.
-    slim = report.model.eval()
-    int8 = int8_graph(slim, model, qat)
-
-    timings: dict[tuple[int, int], tuple[dict[str, float], int]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-deploy-") as tmp:
-        root = Path(tmp)
-        export_example = torch.randn(2, *CIFAR_SHAPE)
-        paths = {
-            "dense_ort": export_onnx(dense, export_example, root / "dense_fp32.onnx"),
-            "slim_ort": export_onnx(slim, export_example, root / "slim_fp32.onnx"),
-            "int8_ort": export_onnx(int8, export_example, root / "slim_int8.onnx"),
-        }
-        ops = optimized_op_counts(paths["int8_ort"], root / "int8_optimized.onnx")
-        check = torch.randn(64, *CIFAR_SHAPE)
-        with torch.inference_mode():
-            reference = int8(check).argmax(1).numpy()
-        agreement = (OrtModel(paths["int8_ort"])(check).argmax(1) == reference).mean()
-
-        for threads in (2, 1):
-            torch.set_num_threads(threads)
-            sessions = {name: timing_session(path, threads) for name, path in paths.items()}
-            for batch, max_rounds, budget_s in ((64, 20, 12.0), (1, 100, 5.0)):
-                inputs = torch.randn(batch, *CIFAR_SHAPE)
-                variants = {
-                    "dense_eager": eager(dense, inputs),
-                    "slim_eager": eager(slim, inputs),
-                    **{name: in_ort(session, inputs) for name, session in sessions.items()},
-                }
-                timings[threads, batch] = budgeted_medians(variants, max_rounds, budget_s)
-    torch.set_num_threads(1)
-
-    rows = []
-    for (threads, batch), (medians, rounds) in timings.items():
-        base = medians["dense_eager"]
-        rows.append(
-            [threads, batch, rounds]
-            + [
-                f"{1e3 * medians[name]:.3g} ({base / medians[name]:.3g}x)"
-                for name in LATENCY_VARIANTS
-            ]
-        )
-    print_table(
-        f"Inference latency, resnet20 (CIFAR-10, 3x32x32), {channel_sparsity:.0%} of channels "
-        "pruned: ms, median of interleaved rounds, and speed-up over dense fp32 eager",
-        ["threads", "batch", "rounds", *LATENCY_VARIANTS.values()],
-        rows,
-    )
-    # Two torch threads that are not faster than one mean the cores were busy with something
-    # else: torch's OpenMP threads then wait on each other and the baseline balloons, which
-    # would pass the goal for the wrong reason.
-    scaling = timings[2, 64][0]["dense_eager"] / timings[1, 64][0]["dense_eager"]
-    contended = scaling > TWO_THREAD_SCALING
-    goal_rows = []
-    for threads in (2, 1):
-        medians = timings[threads, 64][0]
-        speedup = medians["dense_eager"] / medians["int8_ort"]
-        judged = verdict(speedup >= LATENCY_GOAL)
-        if threads == 2 and contended:
-            judged = (
-                f"INVALID (dense eager 2 threads / 1 thread = {scaling:.2f} > {TWO_THREAD_SCALING})"
-            )
-        goal_rows.append(
-            [
-                f"slim ({channel_sparsity:.0%} channels) int8 onnxruntime vs dense fp32 eager, "
-                f"batch 64, {threads} thread" + ("s" if threads > 1 else ""),
-                f"{speedup:.3g}x",
-                f">= {LATENCY_GOAL:g}x",
-                judged,
-            ]
-        )
-    int8_kernels = ops["QLinearConv"] + ops["QLinearAdd"] + ops["QGemm"] + ops["QLinearMatMul"]
-    float_compute = sum(ops[op] for op in ("Conv", "Add", "Gemm", "MatMul", "FusedConv"))
-    print_table(
-        "What the int8 speed is made of",
-        ["measure", "value"],
-        [
-            ["MACs slim / dense (per example)", f"{report.macs_ratio:.3f}"],
-            ["params slim / dense", f"{report.params_ratio:.3f}"],
-            ["convs + linear in the model", len(qat.layers)],
-            ["QLinearConv in the optimized graph", ops["QLinearConv"]],
-            ["QLinearAdd", ops["QLinearAdd"]],
-            ["QGemm / QLinearMatMul", ops["QGemm"] + ops["QLinearMatMul"]],
-            ["float Conv / Add / Gemm / MatMul left", float_compute],
-            [
-                "QuantizeLinear / DequantizeLinear left",
-                f"{ops['QuantizeLinear']} / {ops['DequantizeLinear']}",
-            ],
-            ["all ops", ", ".join(f"{op} {n}" for op, n in sorted(ops.items()))],
-            ["int8 ORT vs torch QDQ model, class agreement (64 random inputs)", agreement],
-        ]
-        + [
-            [
-                f"slim fp32 ORT / slim int8 ORT time, batch 64, {threads} thread(s)",
-                f"{timings[threads, 64][0]['slim_ort'] / timings[threads, 64][0]['int8_ort']:.3g}",
-            ]
-            for threads in (2, 1)
-        ],
-    )
-    print(
-        f"\nint8 kernels: {int8_kernels} fused int8 ops, {float_compute} float compute ops left "
-        "(ORT_ENABLE_EXTENDED graph): "
-        + (
-            "the int8 rows run int8 arithmetic."
-            if int8_kernels and not float_compute
-            else "some compute stays in float."
-        )
-    )
-    print_table(
-        f"Latency goal, {channel_sparsity:.0%} of channels pruned",
-        ["goal", "measured", "target", "verdict"],
-        goal_rows,
-    )
 
 
 # -- size ---------------------------------------------------------------------------------
@@ -652,6 +404,100 @@ def accuracy_section() -> None:
     )
 
 
+# -- mobile -------------------------------------------------------------------------------
+
+MOBILE_RECIPE = "mnist1d_mobilenetv2"
+MOBILE_SPEEDUP_GOAL = 10.0  # dense fp32 eager student / deployed file, batch 64
+
+
+def ratio_cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.3g}x"
+
+
+def mobile_section() -> None:
+    """The MobileNet recipe as `distill-train recipe=mnist1d_mobilenetv2` runs it (channels
+    removed, int8 QAT, every artifact exported and measured), next to the same student trained
+    dense and in float (`pruning=none quantization=none`): every artifact's accuracy against
+    that dense float student, and its speed-up over the dense fp32 student in torch eager (the
+    report's baseline row, which has the dense student's shapes)."""
+    print(f"\n_mobile: {load_note()}_")
+    recipe = f"recipe={MOBILE_RECIPE}"
+    with tempfile.TemporaryDirectory(prefix="bench-deploy-") as tmp:
+        root = Path(tmp)
+        dense_float = ("pruning=none", "quantization=none", "export=false")
+        dense = run_recipe(root, "dense", recipe, *dense_float)
+        summary = run_recipe(root, MOBILE_RECIPE, recipe)
+    dense_acc = dense["student"]["test_acc"]
+    rows = summary["deployment"]
+    table = []
+    for row in rows:
+        acc = row.get("test_acc")
+        table.append(
+            [
+                row["name"],
+                row.get("runtime", ""),
+                percent(acc),
+                "" if acc is None else f"{100 * (acc - dense_acc):+.2f}",
+                "" if row.get("bytes") is None else row["bytes"],
+                "" if row.get("latency_ms_bs64") is None else f"{row['latency_ms_bs64']:.3g}",
+                ratio_cell(row.get("speedup_bs64")),
+                ratio_cell(row.get("speedup_bs1")),
+                ratio_cell(row.get("macs_ratio")),
+                ""
+                if row.get("speedup_per_macs_ratio_bs64") is None
+                else f"{row['speedup_per_macs_ratio_bs64']:.3g}",
+            ]
+        )
+    print_table(
+        f"{MOBILE_RECIPE}: every artifact against the dense float student "
+        f"({percent(dense_acc)}% test accuracy, the same recipe with pruning=none "
+        "quantization=none) and the dense fp32 student in torch eager (speed-ups)",
+        [
+            "artifact",
+            "runtime",
+            "test acc (%)",
+            "vs dense float student (points)",
+            "bytes",
+            "latency bs64 (ms)",
+            "speed-up bs64",
+            "speed-up bs1",
+            "MACs ratio",
+            "speed-up / MACs ratio, bs64",
+        ],
+        table,
+    )
+    recommended = summary.get("deployment_recommendation") or {}
+    print(f"\nRecommendation of the report: {recommended.get('reason', 'none')}")
+    within = [
+        row
+        for row in rows
+        if row.get("exported")
+        and row.get("test_acc") is not None
+        and row.get("speedup_bs64") is not None
+        and 100 * (dense_acc - row["test_acc"]) <= ACCURACY_GOAL + 1e-9
+    ]
+    best = max(within, key=lambda row: row["speedup_bs64"], default=None)
+    measured = (
+        "no exported file within 1 point"
+        if best is None
+        else f"{best['name']}: {best['speedup_bs64']:.3g}x, "
+        f"{100 * (best['test_acc'] - dense_acc):+.2f} points"
+    )
+    print_table(
+        "MobileNet goal",
+        ["goal", "measured", "target", "verdict"],
+        [
+            [
+                "fastest exported file within 1 point of the dense float student, speed-up over "
+                "the dense fp32 student in torch eager at batch 64",
+                measured,
+                f">= {MOBILE_SPEEDUP_GOAL:g}x at <= {ACCURACY_GOAL:g} point lost",
+                verdict(best is not None and best["speedup_bs64"] >= MOBILE_SPEEDUP_GOAL),
+            ]
+        ],
+    )
+
+
 def main(argv: list[str]) -> None:
     choice = argv[0] if argv else "all"
     if choice not in (*SECTIONS, "all"):
@@ -659,9 +505,11 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     runners = {
         "latency": latency_section,
+        "ort": ort_section,
         "size": size_section,
         "step": step_section,
         "accuracy": accuracy_section,
+        "mobile": mobile_section,
     }
     started_all = time.perf_counter()
     for section in SECTIONS if choice == "all" else (choice,):

@@ -36,8 +36,17 @@ from pathlib import Path
 
 import onnxruntime as ort
 import torch
-from deploy import budgeted_medians, calibrate, in_ort, int8_graph, load_note, quantize
-from deploy import timing_session as ort_session
+from deploy_path import (
+    CIFAR_SHAPE,
+    budgeted_medians,
+    calibrate,
+    in_ort,
+    int8_graph,
+    load_note,
+    make_student,
+    quantize,
+)
+from deploy_path import timing_session as ort_session
 from harness import print_table
 from torch import nn
 
@@ -48,24 +57,14 @@ from distill.compression import (
     PruningCallback,
     bake_into,
 )
-from distill.config import build
 from distill.deploy import remove_zero_channels
 from distill.deploy.onnx_runtime import export_onnx
-from recipes import compose_cfg
 
 ROUND_TOS = (1, 8, 16)
 SPARSITIES = (0.5, 0.75)
 MODELS = ("resnet20", "mobilenetv2")
-CIFAR_SHAPE = (3, 32, 32)
 # (batch, most rounds, seconds of timing per model): batch 64 is slow on mobilenetv2.
 BATCHES = ((1, 200, 20.0), (64, 20, 60.0))
-
-
-def make_student(name: str) -> nn.Module:
-    """The student conf/student/<name>.yaml builds for CIFAR-10, seeded."""
-    torch.manual_seed(0)
-    cfg = compose_cfg(f"student={name}", "data=cifar10")
-    return build(cfg.student, "student", expected=nn.Module).eval()
 
 
 @dataclass

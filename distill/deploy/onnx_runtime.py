@@ -29,10 +29,13 @@ from distill.errors import ExportError
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
-def export_onnx(model: nn.Module, example_inputs: Tensor, path: Path) -> Path:
-    """Export `model` (eval mode) to `path` with a dynamic batch dimension, atomically."""
+def export_onnx(
+    model: nn.Module, example_inputs: Tensor, path: Path, dynamic_batch: bool = True
+) -> Path:
+    """Export `model` (eval mode) to `path` with a dynamic batch dimension (or, with
+    `dynamic_batch=False`, the batch size of `example_inputs`), atomically."""
     model.eval()
-    batch = Dim("batch", min=1)
+    dynamic_shapes = ({0: Dim("batch", min=1)},) if dynamic_batch else None
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         with _quiet_exporter():
@@ -40,7 +43,7 @@ def export_onnx(model: nn.Module, example_inputs: Tensor, path: Path) -> Path:
                 model,
                 (example_inputs,),
                 dynamo=True,
-                dynamic_shapes=({0: batch},),
+                dynamic_shapes=dynamic_shapes,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
                 verbose=False,

@@ -227,6 +227,18 @@ def test_an_op_onnx_cannot_express_is_named_and_no_file_is_left(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_fixed_batch_export_runs_only_that_batch_and_matches_the_dynamic_one(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32, 3))
+    inputs = torch.randn(5, 1, 8)
+    fixed = OrtModel(export_onnx(model, inputs, tmp_path / "fixed.onnx", dynamic_batch=False))
+    dynamic = OrtModel(export_onnx(model, inputs[:2], tmp_path / "dynamic.onnx"))
+    np.testing.assert_allclose(fixed(inputs), dynamic(inputs), rtol=1e-5, atol=1e-6)
+    assert dynamic(inputs[:1]).shape == (1, 3)
+    with pytest.raises(ExportError, match=r"input of shape \(1, 1, 8\)"):
+        fixed(inputs[:1])
+
+
 def test_an_input_shape_the_exported_student_cannot_take_is_a_clear_error(qat_run):
     run_dir, summary, _ = qat_run
     onnx_model = OrtModel(run_dir / summary["artifacts"]["onnx_fp32"]["path"])
