@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -244,6 +245,11 @@ def check(deployed: Deployed, zoo: ZooCase) -> None:
     with torch.no_grad():
         expected = slim.model.eval()(probe).numpy()
     np.testing.assert_allclose(fp32(probe), expected, rtol=1e-4, atol=1e-5)
+    # ... with every conv of a 1-D student written as 2-D (onnxruntime's fast kernels).
+    graph = onnx.load(str(fp32.path)).graph
+    ranks = {init.name: len(init.dims) for init in graph.initializer}
+    conv_ranks = {ranks[n.input[1]] for n in graph.node if n.op_type == "Conv"}
+    assert conv_ranks <= {4}, conv_ranks  # 4-D weights only: no Conv1d is left
 
     # int8 ONNX agrees with the fake-quant student (measured by the export itself), every
     # conv runs as an int8 kernel, and what stays float is named.
