@@ -84,38 +84,37 @@ def latency_of(name: str, sparsity: float) -> None:
             "int8_ort": export_onnx(built.int8, export_example, root / "slim_int8.onnx"),
         }
         ops = optimized_op_counts(paths["int8_ort"], root / "int8_optimized.onnx")
-        programs = pte_programs(built, root) if pte.installed() else {}
+        pte_files = pte_files_of(built, root) if pte.installed() else {}
         check = torch.randn(64, *CIFAR_SHAPE)
         with torch.inference_mode():
             reference = built.int8(check).argmax(1).numpy()
         agreement = (OrtModel(paths["int8_ort"])(check).argmax(1) == reference).mean()
-        timings = time_variants(built, paths, programs)
+        timings = time_variants(built, paths, pte_files)
     print_latency(built, timings)
     print_what_it_is_made_of(built, timings, ops, agreement)
 
 
-def pte_programs(built: SlimBuild, root: Path) -> dict[str, pte.PteModel]:
+def pte_files_of(built: SlimBuild, root: Path) -> dict[str, Path]:
     """The slim student as XNNPACK .pte files, fp32 and int8 (post-training, random batches)."""
     example = torch.randn(1, *CIFAR_SHAPE)
     calibration = (torch.randn(64, *CIFAR_SHAPE) for _ in range(8))
     quantized = pte.quantize_for_xnnpack(built.slim, torch.randn(2, *CIFAR_SHAPE), calibration)
     files = {"pte_fp32": (built.slim, "slim_fp32.pte"), "pte_int8": (quantized, "slim_int8.pte")}
-    programs = {}
-    for key, (model, file) in files.items():
+    for model, file in files.values():
         pte.save_pte(model, example, root / file)
-        programs[key] = pte.PteModel(root / file)
-    return programs
+    return {key: root / file for key, (_, file) in files.items()}
 
 
-def time_variants(
-    built: SlimBuild, paths: dict[str, Path], programs: dict[str, pte.PteModel]
-) -> Timings:
+def time_variants(built: SlimBuild, paths: dict[str, Path], pte_files: dict[str, Path]) -> Timings:
     timings: Timings = {}
     for threads in THREADS:
         torch.set_num_threads(threads)
         sessions = {key: timing_session(path, threads) for key, path in paths.items()}
-        pool: AbstractContextManager = pte.runtime_threads(threads) if programs else nullcontext()
+        # ExecuTorch's pool is set before its programs load and restored after they are freed:
+        # replacing it under a loaded program crashed the process now and then.
+        pool: AbstractContextManager = pte.runtime_threads(threads) if pte_files else nullcontext()
         with pool:
+            programs = {key: pte.PteModel(path) for key, path in pte_files.items()}
             for batch, max_rounds, budget_s in BATCHES:
                 inputs = torch.randn(batch, *CIFAR_SHAPE)
                 variants: dict[str, Callable[[], object]] = {
@@ -124,6 +123,8 @@ def time_variants(
                     **{key: in_pte(program, inputs) for key, program in programs.items()},
                 }
                 timings[threads, batch] = budgeted_medians(variants, max_rounds, budget_s)
+            for program in programs.values():
+                program.release()
     torch.set_num_threads(1)
     return timings
 

@@ -251,11 +251,12 @@ class PteModel:
         et = _modules()
         self.path = Path(path)
         try:
-            program = et.Runtime.get().load_program(self.path)
+            # Held for as long as its methods, which refer to its data; `release` frees both.
+            self.program = et.Runtime.get().load_program(self.path)
             self.methods = {
-                batch: program.load_method(name)
+                batch: self.program.load_method(name)
                 for batch, name in METHODS.items()
-                if name in program.method_names
+                if name in self.program.method_names
             }
         except Exception as error:
             raise ExportError(
@@ -265,7 +266,14 @@ class PteModel:
             methods = ", ".join(sorted(METHODS.values()))
             raise ExportError(f"{self.path.name} has none of the methods {methods}")
 
+    def release(self) -> None:
+        """Free the program and its methods now (calling the model afterwards is an error)."""
+        self.methods = {}
+        self.program = None
+
     def __call__(self, inputs: Tensor) -> Tensor:
+        if not self.methods:
+            raise ExportError(f"{self.path.name} was released; load it again to run it")
         inputs = inputs.detach().to(torch.float32).contiguous()
         if len(inputs) in self.methods:
             return self._run(len(inputs), inputs)

@@ -13,7 +13,9 @@ each checked against the torch model it came from, then measured like every othe
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,9 +56,9 @@ def executorch_fp32(context: ExportContext) -> None:
     slim = context.slim.model.eval()
     path = context.out / FP32_FILE
     facts = save_pte(slim, context.example[:1], path)
-    model = PteModel(path)
-    max_abs_diff = _check_fp32(model, slim, context.test_set.inputs[:CHECK_INPUTS], path)
-    entry = _entry(path, model, context, context.plain_classes)
+    with loaded(path) as model:
+        max_abs_diff = _check_fp32(model, slim, context.test_set.inputs[:CHECK_INPUTS], path)
+        entry = _entry(path, model, context, context.plain_classes)
     entry.update(max_abs_diff=max_abs_diff, **facts)
     context.add(
         "executorch_fp32",
@@ -78,12 +80,12 @@ def executorch_int8(context: ExportContext) -> None:
     quantized = quantize_for_xnnpack(slim, context.example, context.calibration_batches())
     path = context.out / INT8_FILE
     facts = save_pte(quantized, context.example[:1], path)
-    model = PteModel(path)
     inputs = context.test_set.inputs
     graph_classes = predict(_graph_predictor(quantized), inputs)
     reference = context.int8_classes if context.int8_classes is not None else graph_classes
-    entry = _entry(path, model, context, reference)
-    classes = predict(model, inputs)
+    with loaded(path) as model:
+        entry = _entry(path, model, context, reference)
+        classes = predict(model, inputs)
     entry.update(
         method="ptq_static_xnnpack",
         agreement_float=float((classes == context.plain_classes).mean()),
@@ -128,9 +130,22 @@ def _entry(
     path: Path, model: PteModel, context: ExportContext, reference: np.ndarray
 ) -> dict[str, Any]:
     entry: dict[str, Any] = {"path": path.name, "bytes": path.stat().st_size}
-    with runtime_threads(LATENCY_THREADS):
-        entry.update(measure(model, context.test_set, reference, context.repeats))
+    entry.update(measure(model, context.test_set, reference, context.repeats))
     return entry
+
+
+@contextlib.contextmanager
+def loaded(path: Path) -> Iterator[PteModel]:
+    """`PteModel(path)` on ExecuTorch's threadpool at `LATENCY_THREADS` threads, the pool set
+    before the program is loaded and restored only after it is released: a program that ran,
+    then saw the pool replaced under it (`_unsafe_reset_threadpool`), crashed the process with
+    a segfault in about one export in three here."""
+    with runtime_threads(LATENCY_THREADS):
+        model = PteModel(path)
+        try:
+            yield model
+        finally:
+            model.release()
 
 
 def _check_fp32(model: PteModel, torch_model: nn.Module, inputs: Tensor, path: Path) -> float:

@@ -116,6 +116,9 @@ def test_fp32_pte_matches_the_torch_model_in_both_methods(trained_cnn, digits, t
     torch.testing.assert_close(model(test_inputs), expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(model(test_inputs[:1]), expected[:1], atol=1e-5, rtol=1e-5)
     assert [path.name for path in tmp_path.iterdir()] == ["tiny.pte"]  # no temporary left
+    model.release()
+    with pytest.raises(ExportError, match=r"tiny\.pte was released"):
+        model(test_inputs[:1])
 
 
 @needs_executorch
