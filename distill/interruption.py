@@ -1,6 +1,7 @@
-"""SIGTERM and SIGUSR1 end a run with a checkpoint at the current step, its state recorded as
-interrupted, and a non-zero exit status: a scheduler that preempts a run must not record it as
-a success, and the run must be resumable in place (`distill-train resume=RUN_DIR`).
+"""SIGTERM, SIGUSR1 and Ctrl+C (SIGINT) end a run with a checkpoint at the current step, its
+state recorded as interrupted, and a non-zero exit status: a scheduler that preempts a run must
+not record it as a success, and the run must be resumable in place (`distill-train
+resume=RUN_DIR`).
 
 Lightning, during a fit, turns SIGTERM into a `SIGTERMException` at the next step boundary
 (the step in flight finishes, so the state is consistent) and the process then exits with
@@ -11,7 +12,10 @@ status 0: the exception is a `SystemExit` without a code. Here:
 - anywhere else (the teacher's training, the test, the export) there is no student step to
   finish, so the signal raises `RunInterrupted` at once;
 - under SLURM with Lightning's auto-requeue, SIGUSR1 stays Lightning's (it saves an hpc
-  checkpoint and requeues the job; SLURM's SIGTERM that follows ends it as above).
+  checkpoint and requeues the job; SLURM's SIGTERM that follows ends it as above);
+- Ctrl+C is handled like SIGTERM rather than left to Lightning, which stops the fit without a
+  checkpoint and exits 1; a second Ctrl+C while the run is stopping does not wait for the step:
+  the run ends interrupted at once, with the checkpoints it has.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from types import FrameType
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +66,19 @@ class Interruption:
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
         first = self.signum is None
+        if not first and signum == signal.SIGINT:
+            # Ctrl+C again: the user will not wait for the step in flight. Raised mid-step, so
+            # no checkpoint of this moment; one saved at a step boundary since is kept.
+            trainer = self.fit_trainer
+            raise RunInterrupted(signum, interrupted_checkpoint(trainer) if trainer else None)
         self.signum = signum
         if self.fit_trainer is not None:
             if first:
-                log.warning("%s: stopping after the current step", signal_name(signum))
+                log.warning(
+                    "%s: stopping after the current step%s",
+                    signal_name(signum),
+                    " (Ctrl+C again to stop at once)" if signum == signal.SIGINT else "",
+                )
             # Lightning sets this itself for SIGTERM; SIGUSR1 gets the same treatment.
             self.fit_trainer._signal_connector.received_sigterm = True
             return
@@ -88,9 +102,12 @@ class Interruption:
 
     @contextlib.contextmanager
     def installed(self, slurm_requeue: bool) -> Iterator[Interruption]:
-        """Handle SIGTERM and SIGUSR1 (not SIGUSR1 under Lightning's SLURM auto-requeue, which
-        registers its own only where none is set) for the duration of the run."""
-        signums = [signal.SIGTERM] if slurm_requeue else [signal.SIGTERM, signal.SIGUSR1]
+        """Handle SIGTERM, SIGINT and SIGUSR1 (not SIGUSR1 under Lightning's SLURM
+        auto-requeue, which registers its own only where none is set) for the duration of the
+        run."""
+        signums = [signal.SIGTERM, signal.SIGINT]
+        if not slurm_requeue:
+            signums.append(signal.SIGUSR1)
         previous = {signum: signal.getsignal(signum) for signum in signums}
         for signum in signums:
             signal.signal(signum, self.handle)
@@ -109,7 +126,8 @@ def interrupted_checkpoint(trainer: pl.Trainer) -> Path | None:
 
 
 class InterruptCheckpoint(pl.Callback):
-    """Saves `<dirpath>/interrupted.ckpt` when the trainer was told to stop (SIGTERM, SIGUSR1).
+    """Saves `<dirpath>/interrupted.ckpt` when the trainer was told to stop (SIGTERM, SIGUSR1,
+    Ctrl+C).
 
     At the end of a training step, where step checkpoints are taken (resuming from there is
     exact); if the stop comes elsewhere (validation, between epochs), when Lightning raises it.
@@ -134,7 +152,9 @@ class InterruptCheckpoint(pl.Callback):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        if trainer.received_sigterm:
+        # Lightning raises SIGTERMException only between steps, where the state is whole; a
+        # second Ctrl+C or an error can land mid-step: no checkpoint then.
+        if trainer.received_sigterm and isinstance(exception, SIGTERMException):
             self._save(trainer)
 
     def _save(self, trainer: pl.Trainer) -> None:

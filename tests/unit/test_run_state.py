@@ -43,6 +43,7 @@ class FakeTrainer:
 
     def __init__(self) -> None:
         self._signal_connector = self._Connector()
+        self.callbacks: list = []
 
 
 def test_a_signal_outside_the_fit_raises_at_once_and_inside_asks_the_trainer_to_stop():
@@ -62,6 +63,27 @@ def test_a_signal_outside_the_fit_raises_at_once_and_inside_asks_the_trainer_to_
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
 
 
+def test_ctrl_c_stops_the_fit_at_the_next_step_and_a_second_one_at_once():
+    interruption = Interruption()
+    with interruption.installed(slurm_requeue=False):
+        trainer = FakeTrainer()
+        with pytest.raises(RunInterrupted) as raised, interruption.fitting(trainer):
+            os.kill(os.getpid(), signal.SIGINT)  # not a KeyboardInterrupt: the step goes on
+            assert trainer._signal_connector.received_sigterm
+            os.kill(os.getpid(), signal.SIGINT)  # the user will not wait
+            pytest.fail("a second Ctrl+C did not stop the run at once")
+        assert raised.value.signum == signal.SIGINT
+        assert raised.value.exit_status == 130
+        assert raised.value.checkpoint is None  # nothing was saved at a step boundary
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+    # Outside the fit, the first Ctrl+C stops at once, as SIGTERM does.
+    with Interruption().installed(slurm_requeue=False):
+        with pytest.raises(RunInterrupted) as raised:
+            os.kill(os.getpid(), signal.SIGINT)
+        assert raised.value.signum == signal.SIGINT
+
+
 def test_under_slurm_auto_requeue_sigusr1_is_left_to_lightning():
     before = signal.getsignal(signal.SIGUSR1)
     with Interruption().installed(slurm_requeue=True):
@@ -72,7 +94,7 @@ def test_under_slurm_auto_requeue_sigusr1_is_left_to_lightning():
 def test_a_fit_that_ends_by_another_exit_is_not_called_an_interruption():
     interruption = Interruption()
     with pytest.raises(SystemExit) as exited, interruption.fitting(FakeTrainer()):
-        raise SystemExit(1)  # Lightning's own exit after Ctrl+C
+        raise SystemExit(1)  # an exit no signal asked for (user code, a Lightning error)
     assert exited.value.code == 1
 
 
