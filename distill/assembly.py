@@ -31,6 +31,7 @@ from distill.data import ClassificationDataModule
 from distill.deploy.pte import check_setting as check_pte_setting
 from distill.errors import ConfigError
 from distill.files import require_writable_dir
+from distill.fit_steps import planned_optimizer_steps
 from distill.interruption import InterruptCheckpoint
 from distill.losses import WeightedSum
 from distill.module import DistillationModule
@@ -77,6 +78,18 @@ def attach_compression(
         compression.quantization.resolve_epochs(max_epochs)
         compression.quantization.attach(student, example_inputs)
     return compression
+
+
+def check_step_schedule(
+    pruning: PruningCallback | None, trainer: pl.Trainer, datamodule: ClassificationDataModule
+) -> None:
+    """Refuse a schedule counted in optimizer steps that does not fit the run, now rather than
+    at fit start (after the teacher); resolved there as before, from Lightning's own count."""
+    if pruning is None or pruning.unit != "step":
+        return
+    steps = planned_optimizer_steps(trainer, len(datamodule.train_dataset), datamodule.batch_size)
+    if steps is not None:
+        pruning.check_schedule(steps)
 
 
 @dataclass
@@ -191,6 +204,7 @@ def assemble(cfg: DictConfig) -> AssembledRun:
         logger=loggers or False,
         **checkpoint_plugins(cfg.trainer),
     )
+    check_step_schedule(compression.pruning, trainer, datamodule)
     return AssembledRun(
         cfg,
         datamodule,

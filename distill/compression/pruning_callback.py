@@ -139,12 +139,17 @@ class PruningCallback(pl.Callback):
     def resolve_schedule(self, run_length: int | None) -> None:
         """Turn the schedule's fractions into epochs (or steps: `unit`) of a run `run_length`
         long, and refuse a schedule that would not reach its target within it."""
+        self.schedule = self.check_schedule(run_length)
+        self.schedule_resolved = True
+
+    def check_schedule(self, run_length: int | None) -> SparsitySchedule:
+        """The schedule resolved for a run `run_length` long, this callback left as it is; a
+        ConfigError naming the pruning field if it would not reach its target within it."""
         length_name = "trainer.max_epochs" if self.unit == "epoch" else "the fit's optimizer steps"
         try:
-            self.schedule = self.schedule.resolved(run_length, length_name, self.unit)
+            return self.schedule.resolved(run_length, length_name, self.unit)
         except ConfigError as error:
             raise ConfigError(f"pruning.{error.field}", error.value, error.allowed) from error
-        self.schedule_resolved = True
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not self.attached:

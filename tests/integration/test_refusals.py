@@ -153,6 +153,17 @@ REFUSALS = {
         ["pruning=iterative_unstructured", "trainer.max_epochs=2"],
         "pruning.schedule.steps[1][0]=0.34 is not allowed",
     ),
+    # Counted in optimizer steps: Lightning knows them only at fit start, after the teacher.
+    "pruning_steps_after_the_last_step": (
+        [
+            "pruning=agp_unstructured",
+            "pruning.unit=step",
+            "pruning.schedule.start=0",
+            "pruning.schedule.end=1000",
+        ],
+        "pruning.schedule.end=1000 is not allowed: a schedule that ends within the fit's "
+        "optimizer steps=",
+    ),
     "pruning_final_sparsity_one": (
         ["pruning=agp_unstructured", "pruning.schedule.final_sparsity=1.0"],
         "pruning.schedule.final_sparsity=1.0 is not allowed",
