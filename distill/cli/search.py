@@ -3,7 +3,7 @@
     distill-search                                         # conf/search/compress_under_budget
     distill-search search.budget.max=9000 search.n_trials=30
     distill-search data=digits teacher=cnn2d_digits student=mlp 'loss.kd.temperature=interval(1,8)'
-    distill-search search.dir=outputs/search/2026-12-04_10-00-00      # resume that search
+    distill-search search.dir=outputs/search/2026-12-04_10-00-00-123456  # resume that search
 
 Overrides are distill-train's (fixed in every trial), sweeps in Hydra's grammar (searched), and
 `search.*` settings. Exit 0 when the search ran (whether or not a trial met the budget: see
