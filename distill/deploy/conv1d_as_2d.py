@@ -8,8 +8,11 @@ slim fp32 file of a 1-D MobileNetV2 ran slower than the dense student in torch e
 fp32 ONNX file of a student with Conv1d layers computes each of them as
 Unsqueeze -> Conv2d (kernel (1, k)) -> Squeeze: the same weights and the same numbers.
 
-The int8 file keeps its 1-D convs: onnxruntime's QLinearConv is fast on them, and an Unsqueeze
-between a DequantizeLinear and its Conv would stop the QDQ fusion into int8 kernels.
+The int8 file keeps its 1-D convs: onnxruntime fuses their QDQ into QLinearConv and runs them
+as 2-D itself (one Unsqueeze at the first conv, one Squeeze after the last), while an Unsqueeze
+between a DequantizeLinear and its Conv stops the fusion. Measured (MobileNetV2-1D x0.5, 75% of
+channels removed, 1 thread): written as 2-D, none of the 52 convs fused and the file ran 9.8x
+slower at batch 64 (3.6x at batch 1) than the 1-D file.
 """
 
 from __future__ import annotations
