@@ -16,6 +16,13 @@ status 0: the exception is a `SystemExit` without a code. Here:
 - Ctrl+C is handled like SIGTERM rather than left to Lightning, which stops the fit without a
   checkpoint and exits 1; a second Ctrl+C while the run is stopping does not wait for the step:
   the run ends interrupted at once, with the checkpoints it has.
+
+Under DDP a signal may reach one rank only (`kill` of rank 0, a scheduler's signal to one
+task), and a rank that stops alone leaves the others waiting in a collective forever (measured:
+SIGUSR1 to rank 0 hung the run). So the ranks agree: a signal only marks its rank, every rank
+all-reduces the marks at the end of every training step, and all stop (and save) together at
+the first boundary after any was signalled. Lightning's own SIGTERM handler is set aside for
+the fit: it broadcasts from inside the handler, a collective the other ranks are not in.
 """
 
 from __future__ import annotations
@@ -23,12 +30,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
@@ -63,6 +72,8 @@ class Interruption:
     def __init__(self) -> None:
         self.signum: int | None = None
         self.fit_trainer: pl.Trainer | None = None  # the student's trainer, while it fits
+        # A fit of several processes: a signal stops the fit only once the ranks agree (agree).
+        self.distributed = False
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
         first = self.signum is None
@@ -79,8 +90,9 @@ class Interruption:
                     signal_name(signum),
                     " (Ctrl+C again to stop at once)" if signum == signal.SIGINT else "",
                 )
-            # Lightning sets this itself for SIGTERM; SIGUSR1 gets the same treatment.
-            self.fit_trainer._signal_connector.received_sigterm = True
+            if not self.distributed:
+                # Lightning sets this itself for SIGTERM; the others get the same treatment.
+                self.fit_trainer._signal_connector.received_sigterm = True
             return
         if first:
             raise RunInterrupted(signum)
@@ -89,6 +101,10 @@ class Interruption:
     def fitting(self, trainer: pl.Trainer) -> Iterator[None]:
         """While the student trains: stop at the next step boundary, with a checkpoint."""
         self.fit_trainer = trainer
+        self.distributed = trainer.world_size > 1
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(callback, InterruptCheckpoint):
+                callback.interruption = self
         try:
             yield
         except SystemExit as error:  # Lightning's SIGTERMException, status 0
@@ -99,6 +115,19 @@ class Interruption:
             self.fit_trainer = None
         if self.signum is not None:  # arrived after the last step: the fit is complete
             raise RunInterrupted(self.signum)
+
+    def agree(self, trainer: pl.Trainer) -> None:
+        """At a point every rank of a multi-process fit reaches: if any rank was signalled, all
+        take the highest signal number and ask the trainer to stop. A collective: every rank
+        must call it at the same points (the end of each training step, the end of training)."""
+        if not self.distributed:
+            return
+        marks = torch.tensor([self.signum or 0], device=trainer.strategy.root_device)
+        torch.distributed.all_reduce(marks, op=torch.distributed.ReduceOp.MAX)
+        agreed = int(marks.item())
+        if agreed:
+            self.signum = self.signum or agreed
+            trainer._signal_connector.received_sigterm = True
 
     @contextlib.contextmanager
     def installed(self, slurm_requeue: bool) -> Iterator[Interruption]:
@@ -140,14 +169,31 @@ class InterruptCheckpoint(pl.Callback):
         self.dirpath = Path(dirpath)
         self.saved: Path | None = None
         self._saved_step: int | None = None
+        # The run's signal handling, while its fit runs (Interruption.fitting sets it).
+        self.interruption: Interruption | None = None
 
     @property
     def path(self) -> Path:
         return self.dirpath / INTERRUPTED_CHECKPOINT
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After Lightning registered its handlers; its teardown restores the run's own.
+        interruption = self.interruption
+        main_thread = threading.current_thread() is threading.main_thread()
+        if interruption is not None and interruption.distributed and main_thread:
+            signal.signal(signal.SIGTERM, interruption.handle)
+
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        if self.interruption is not None:
+            self.interruption.agree(trainer)
         if trainer.received_sigterm:
             self._save(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A signal after the last step's agreement: every rank learns of it, so all of them
+        # end the fit interrupted rather than one going on to the test alone.
+        if self.interruption is not None:
+            self.interruption.agree(trainer)
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException

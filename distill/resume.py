@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from distill.checkpoint_io import newest_valid_checkpoint, remove_partial_writes
 from distill.errors import ConfigError
-from distill.run_state import read_state
+from distill.run_state import process_rank, read_state
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,10 @@ def resume_arguments(arguments: Sequence[str]) -> list[str]:
     assert target is not None
     trust = [a for a in arguments if a.startswith(f"{TRUST_KEY}=")]
     others = [a for a in arguments if not a.startswith((f"{RESUME_KEY}=", f"{TRUST_KEY}="))]
+    if others and process_rank() > 0:
+        # A DDP rank that Lightning started with rank 0's command line: the resume is already
+        # expanded (and checked) there, and Lightning added the run directory to it.
+        return list(arguments)
     if others:
         raise ConfigError(
             RESUME_KEY,

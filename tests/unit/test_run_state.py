@@ -41,9 +41,15 @@ class FakeTrainer:
     class _Connector:
         received_sigterm = False
 
+    class _Strategy:
+        root_device = torch.device("cpu")
+
+    world_size = 1
+
     def __init__(self) -> None:
         self._signal_connector = self._Connector()
         self.callbacks: list = []
+        self.strategy = self._Strategy()
 
 
 def test_a_signal_outside_the_fit_raises_at_once_and_inside_asks_the_trainer_to_stop():
@@ -82,6 +88,29 @@ def test_ctrl_c_stops_the_fit_at_the_next_step_and_a_second_one_at_once():
         with pytest.raises(RunInterrupted) as raised:
             os.kill(os.getpid(), signal.SIGINT)
         assert raised.value.signum == signal.SIGINT
+
+
+def test_under_ddp_a_signal_only_marks_its_rank_until_the_ranks_agree(tmp_path):
+    """A rank that stopped alone would leave the others in a collective: the signal waits for
+    `agree`, which every rank calls at the same step boundary (one process here, gloo)."""
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1
+    )
+    try:
+        interruption = Interruption()
+        trainer = FakeTrainer()
+        with interruption.installed(slurm_requeue=False):
+            with pytest.raises(RunInterrupted) as raised, interruption.fitting(trainer):
+                interruption.distributed = True  # as `fitting` sets it for world_size > 1
+                interruption.agree(trainer)
+                assert not trainer._signal_connector.received_sigterm  # nobody was signalled
+                os.kill(os.getpid(), signal.SIGUSR1)
+                assert not trainer._signal_connector.received_sigterm  # not before agreeing
+                interruption.agree(trainer)
+                assert trainer._signal_connector.received_sigterm
+            assert raised.value.signum == signal.SIGUSR1
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 def test_under_slurm_auto_requeue_sigusr1_is_left_to_lightning():
