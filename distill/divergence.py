@@ -15,7 +15,9 @@ DDP: every rank computes its own loss, and all must take the same decision: a ra
 alone would leave the others waiting in backward's gradient all-reduce until the collective
 timed out (a hang, not an error). The decision is therefore reduced across ranks (one
 all-reduce of one number per step), every rank raises, and each gathers every rank's terms so
-that they all name the same culprits.
+that they all name the same culprits. The weights, by contrast, are the same on every DDP rank,
+so each rank checks them alone: no collective at epoch end, where a rank-0-only progress bar
+starts collectives of its own (DistillationModule.stop_if_weights_not_finite).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.strategies import Strategy
+from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, Strategy
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -237,7 +237,14 @@ class DistillationModule(pl.LightningModule):
         if not parameters:
             return
         finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in parameters])
-        if not finite_everywhere(finite, self.strategy):
+        # Under DDP every rank holds the same weights (the same averaged gradients, the same
+        # update), so each rank decides alone. A collective here ran out of step with the one a
+        # rank-0-only progress bar starts at epoch end (it computes the epoch's sync_dist
+        # metrics before this hook; the other ranks after it): gloo aborted the run.
+        replicated = isinstance(self.strategy, DDPStrategy) and not isinstance(
+            self.strategy, DeepSpeedStrategy
+        )
+        if not finite_everywhere(finite, None if replicated else self.strategy):
             raise weights_divergence(parameters, self.global_step, self.current_epoch)
 
     def configure_optimizers(self) -> Any:
