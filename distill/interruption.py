@@ -134,7 +134,11 @@ class Interruption:
         """Handle SIGTERM, SIGINT and SIGUSR1 (not SIGUSR1 under Lightning's SLURM
         auto-requeue, which registers its own only where none is set) for the duration of the
         run."""
-        signums = [signal.SIGTERM, signal.SIGINT]
+        signums = [signal.SIGTERM]
+        # A process started with Ctrl+C ignored (`nohup`, `cmd &` in a script) keeps ignoring
+        # it, as Python itself does.
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signums.append(signal.SIGINT)
         if not slurm_requeue:
             signums.append(signal.SIGUSR1)
         previous = {signum: signal.getsignal(signum) for signum in signums}

@@ -7,14 +7,17 @@
 
 Overrides are distill-train's (fixed in every trial), sweeps in Hydra's grammar (searched), and
 `search.*` settings. Exit 0 when the search ran (whether or not a trial met the budget: see
-search.md), 2 when it is refused before any trial.
+search.md), 2 when it is refused before any trial, 128 + the signal when Ctrl+C or SIGTERM
+stopped it (the same command resumes it, the stopped trial's point first).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+from types import FrameType
 
 log = logging.getLogger("distill")
 
@@ -40,14 +43,28 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here so that --help answers without loading torch.
     from distill.errors import ConfigError
     from distill.recipe import check_recipe_overrides
-    from distill.search import SEARCH_MD, run_search
+    from distill.search import SEARCH_MD, SearchInterrupted, run_search
 
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise SearchInterrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         check_recipe_overrides(args.overrides)
         result = run_search(args.overrides)
     except ConfigError as error:
         log.error("distill-search: %s", error)
         return 2
+    except (SearchInterrupted, KeyboardInterrupt) as error:
+        signum = error.signum if isinstance(error, SearchInterrupted) else signal.SIGINT
+        log.error(
+            "distill-search: interrupted by %s; the same command resumes the search (with "
+            "search.dir=<its directory> if that was not given)",
+            signal.Signals(signum).name,
+        )
+        return 128 + signum
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     log.info("%s: %s", result["verdict"], f"{result['search_dir']}/{SEARCH_MD}")
     return 0
 

@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial
 from distill.search.prepare import SearchPlan, plan_search
 from distill.search.report import SEARCH_JSON, SEARCH_MD, search_result, write_search_report
 from distill.search.study import (
+    SearchInterrupted,
     confirm_pick,
     make_sampler,
     open_study,
@@ -30,7 +31,15 @@ from distill.search.study import (
 )
 from distill.sweep_report import write_sweep_report
 
-__all__ = ["SEARCH_JSON", "SEARCH_MD", "SearchPlan", "plan_search", "run_search", "search_result"]
+__all__ = [
+    "SEARCH_JSON",
+    "SEARCH_MD",
+    "SearchInterrupted",
+    "SearchPlan",
+    "plan_search",
+    "run_search",
+    "search_result",
+]
 
 log = logging.getLogger("distill")
 
@@ -55,7 +64,11 @@ def run_search(overrides: Sequence[str]) -> dict[str, Any]:
             log.info("%s", _trial_line(trial, plan))
             _write_reports(study, plan)
 
-        optimize(study, plan, after_trial)
+        try:
+            optimize(study, plan, after_trial)
+        except SearchInterrupted:
+            _write_reports(study, plan)  # the trials so far, the stopped one as interrupted
+            raise
         result = _write_reports(study, plan)
         if plan.settings.confirm_seeds:
             confirm_pick(study, plan, result["best"] or result["closest"])

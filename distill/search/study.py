@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import shutil
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -46,6 +47,19 @@ CONFIRMATION = "confirmation"
 
 class TrialFailed(Exception):
     """A trial's run failed; Optuna records the trial as FAIL and the search goes on."""
+
+
+class SearchInterrupted(Exception):
+    """Ctrl+C or SIGTERM stopped the search; the trial it was running is queued again, so the
+    same command resumes the search where it stopped."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
 
 
 def make_sampler(plan: SearchPlan, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
@@ -148,7 +162,15 @@ def optimize(
         trial.set_user_attr("overrides", searched)
         trial.set_user_attr("command", trial_command(overrides, plan.settings.seeds))
         trial.set_user_attr("run_dir", run_dir.name)
-        outcome = run_trial(overrides, run_dir, plan.settings)
+        try:
+            outcome = run_trial(overrides, run_dir, plan.settings)
+        except (KeyboardInterrupt, SearchInterrupted) as stop:
+            # Optuna records the trial as FAIL; marked interrupted, it does not count, and its
+            # point runs again first when the search resumes (as after a kill).
+            trial.set_user_attr(INTERRUPTED, True)
+            study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
+            signum = stop.signum if isinstance(stop, SearchInterrupted) else signal.SIGINT
+            raise SearchInterrupted(signum) from stop
         trial.set_user_attr("seconds", round(outcome.seconds, 2))
         if outcome.per_seed is not None:
             trial.set_user_attr("per_seed", {str(seed): n for seed, n in outcome.per_seed.items()})

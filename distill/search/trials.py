@@ -26,6 +26,8 @@ from distill.sweep_report.runs import FINISHED, read_run
 
 # What the report shows of a failed trial's output when its job log names no error.
 OUTPUT_TAIL_LINES = 20
+# How long a stopping search waits for its trial to stop by itself before killing it.
+TRIAL_STOP_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -89,15 +91,20 @@ def _run_one(
     overrides: Sequence[str], run_dir: Path, settings: SearchSettings
 ) -> tuple[float | None, float | None, str | None]:
     """(objective, budget number, error) of one `distill-train overrides` run in `run_dir`."""
-    process = subprocess.run(
+    process = subprocess.Popen(
         [sys.executable, "-m", "distill.cli.train", *overrides, f"hydra.run.dir={run_dir}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    try:
+        output, _ = process.communicate()
+    except BaseException:  # Ctrl+C or SIGTERM to the search: stop its trial before going on
+        _stop(process)
+        raise
     run = read_run(run_dir, run_dir.parent) if run_dir.is_dir() else None
     if process.returncode != 0 or run is None or run.status != FINISHED:
-        reason = (run.error if run is not None else None) or _tail(process.stdout)
+        reason = (run.error if run is not None else None) or _tail(output)
         return None, None, f"distill-train exited with status {process.returncode}: {reason}"
     summary: dict[str, Any] = run.summary or {}
     try:
@@ -107,6 +114,19 @@ def _run_one(
     except ConfigError as missing:
         return None, None, str(missing)
     return objective, value, None
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    """End a trial whose search is stopping: SIGTERM (it stops after its current step, as
+    distill-train does), then a kill if it is still there after `TRIAL_STOP_S` seconds. Its
+    point runs again in a new trial, so nothing of it has to survive."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.communicate(timeout=TRIAL_STOP_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
 
 
 def _tail(output: str) -> str:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -30,10 +33,12 @@ from distill.search.space import Dimension, parse_space
 from distill.search.study import (
     INTERRUPTED,
     RETRY_OF,
+    SearchInterrupted,
     confirm_pick,
     counted_trials,
     make_sampler,
     open_study,
+    optimize,
     reclaim_interrupted,
     search_lock,
 )
@@ -238,6 +243,54 @@ def test_interrupted_trials_are_failed_marked_and_queued_again(tmp_path):
     assert retry.user_attrs[RETRY_OF] == killed.number
     # An interrupted trial does not count towards search.n_trials; its retry will.
     assert counted_trials(study) == 1
+
+
+def test_ctrl_c_during_a_trial_stops_the_search_and_queues_the_trial_again(tmp_path, monkeypatch):
+    plan = make_plan(tmp_path, start_from_base=False)
+    study = open_study(plan)
+    study.add_trial(finished_trial(0.9, 80.0))
+
+    def interrupted(overrides, run_dir, settings_):
+        raise KeyboardInterrupt  # what Ctrl+C raises in the search while its trial runs
+
+    monkeypatch.setattr(trials, "_run_one", interrupted)
+    with pytest.raises(SearchInterrupted) as stopped:
+        optimize(study, plan, lambda trial: None)
+    assert stopped.value.exit_status == 130
+    stopped_trial = study.get_trials()[1]
+    assert stopped_trial.state == TrialState.FAIL
+    assert stopped_trial.user_attrs[INTERRUPTED] is True
+    (retry,) = study.get_trials(states=(TrialState.WAITING,))
+    assert retry.system_attrs["fixed_params"] == stopped_trial.params
+    assert retry.user_attrs[RETRY_OF] == stopped_trial.number
+    assert counted_trials(study) == 1  # the stopped trial does not count; its retry will
+    assert search_result(study, plan)["trials"][1]["status"] == INTERRUPTED_STATUS
+
+
+@pytest.mark.parametrize(
+    ("stop", "status"),
+    [(KeyboardInterrupt(), 130), (SearchInterrupted(signal.SIGTERM), 143)],
+    ids=["ctrl_c", "sigterm"],
+)
+def test_a_stopped_search_exits_128_plus_the_signal(stop, status, monkeypatch, caplog):
+    import distill.search
+    from distill.cli import search as cli
+
+    def stopped(overrides):
+        raise stop
+
+    monkeypatch.setattr(distill.search, "run_search", stopped)
+    assert cli.main(["data=digits"]) == status
+    assert "the same command resumes the search" in caplog.text
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+
+
+def test_a_stopping_search_ends_its_trial_process():
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], stdout=subprocess.PIPE, text=True
+    )
+    trials._stop(process)
+    assert process.returncode == -signal.SIGTERM
 
 
 def test_a_resumed_study_offsets_the_sampler_seed(tmp_path):
