@@ -216,6 +216,7 @@ def test_an_export_cut_short_is_recorded_and_resume_redoes_only_the_export(tmp_p
             *launcher(tmp_path, stop_after_first_artifact),
             *command(run_dir, cache)[3:],
             "export=true",
+            "export_executorch=false",  # ExecuTorch's own export is tested elsewhere; ~10 s
             "trainer.max_epochs=2",
             "export_latency_repeats=1",
         ],
