@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -149,6 +150,19 @@ class Interruption:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+def stop_process(process: subprocess.Popen[Any], wait_s: float) -> None:
+    """End a child `distill-train` whose parent is stopping: SIGTERM (it stops after its
+    current step, with a checkpoint; a second signal after the terminal's Ctrl+C stops it no
+    faster), then a kill if it is still running after `wait_s` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.communicate(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
 
 
 def interrupted_checkpoint(trainer: pl.Trainer) -> Path | None:

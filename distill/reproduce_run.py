@@ -9,7 +9,9 @@ is checked is what a user's own `distill-train recipe=NAME` gives.
 from __future__ import annotations
 
 import json
+import logging
 import shlex
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -23,10 +25,16 @@ from distill.assembly import assemble
 from distill.checks import torch_threads
 from distill.config import compose_train
 from distill.errors import ConfigError
+from distill.interruption import RunInterrupted, stop_process
 from distill.recipe import RECIPES_DIR, Recipe, find_recipe, read_recipe
 from distill.reproduce import check_expected_keys, compare, write_reproduction
 from distill.run_summary import SUMMARY_FILE
 from distill.trust import trusted_targets, trusting
+
+log = logging.getLogger(__name__)
+
+# How long an interrupted reproduction waits for its run to stop (and save) before killing it.
+RUN_STOP_S = 120.0
 
 
 def prepare(
@@ -62,9 +70,22 @@ def reproduce(name_or_path: str, quick: bool, overrides: Sequence[str]) -> dict[
     """Run the recipe and check it; the result that reproduce.json holds."""
     recipe, run_overrides, run_dir = prepare(name_or_path, quick, overrides)
     command = shlex.join(["distill-train", *run_overrides])
-    process = subprocess.run(
+    process = subprocess.Popen(
         [sys.executable, "-m", "distill.cli.train", *run_overrides, f"hydra.run.dir={run_dir}"]
     )
+    try:
+        process.wait()
+    except KeyboardInterrupt:
+        # No verdict for a run cut short: it is left resumable, and nothing claims FAIL.
+        stop_process(process, RUN_STOP_S)
+        log.error(
+            "Interrupted: no verdict. The run stopped in %s; `distill-train resume=%s` "
+            "continues it, distill-reproduce %s starts over",
+            run_dir,
+            run_dir,
+            name_or_path,
+        )
+        raise RunInterrupted(signal.SIGINT) from None
     summary_path = run_dir / SUMMARY_FILE
     error = None
     summary: dict[str, Any] = {}

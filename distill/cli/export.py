@@ -69,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     except ExportError as error:
         log.error("Export failed, nothing was written: %s", error)
         return 1
+    except KeyboardInterrupt:
+        # The files are made in a staging folder (removed on the way out) and summary.json is
+        # written last: the same command redoes the export whole.
+        log.error("Interrupted: the export is not done; run the same command again")
+        return 130
     log.info("%s", describe(entries))
     log.info("Report: %s", args.run_dir / "export" / "report.md")
     return 0

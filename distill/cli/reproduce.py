@@ -6,7 +6,8 @@
 
 Prints a table (expected, obtained, tolerance, PASS/FAIL per metric), writes it as
 reproduce.json and reproduce.md in the run directory, and exits 0 on PASS, 1 on any FAIL,
-2 when the recipe is refused before training.
+2 when the recipe is refused before training, 130 when Ctrl+C stopped the run (no verdict; the
+run directory is left resumable).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # Imported here so that --help answers without loading torch.
     from distill.errors import ConfigError
+    from distill.interruption import RunInterrupted
     from distill.reproduce import markdown
     from distill.reproduce_run import reproduce
 
@@ -47,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         log.error("Configuration error: %s", error)
         return 2
+    except RunInterrupted as interrupted:  # Ctrl+C: said where the run stopped; no verdict
+        return interrupted.exit_status
     print(markdown(result))
     return 0 if result["verdict"] == "PASS" else 1
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.errors import ConfigError
+from distill.interruption import stop_process
 from distill.run_summary import metric
 from distill.search.settings import SearchSettings
 from distill.sweep_report.runs import FINISHED, read_run
@@ -100,7 +101,8 @@ def _run_one(
     try:
         output, _ = process.communicate()
     except BaseException:  # Ctrl+C or SIGTERM to the search: stop its trial before going on
-        _stop(process)
+        # Its point runs again in a new trial, so nothing of it has to survive.
+        stop_process(process, TRIAL_STOP_S)
         raise
     run = read_run(run_dir, run_dir.parent) if run_dir.is_dir() else None
     if process.returncode != 0 or run is None or run.status != FINISHED:
@@ -114,19 +116,6 @@ def _run_one(
     except ConfigError as missing:
         return None, None, str(missing)
     return objective, value, None
-
-
-def _stop(process: subprocess.Popen[str]) -> None:
-    """End a trial whose search is stopping: SIGTERM (it stops after its current step, as
-    distill-train does), then a kill if it is still there after `TRIAL_STOP_S` seconds. Its
-    point runs again in a new trial, so nothing of it has to survive."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.communicate(timeout=TRIAL_STOP_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
 
 
 def _tail(output: str) -> str:

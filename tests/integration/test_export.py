@@ -275,3 +275,16 @@ def test_the_keys_a_recipe_may_expect_are_the_numbers_the_summary_holds(qat_run)
         and not key.endswith(".weight_bits")
     }
     assert summary_metric_keys(assemble(cfg)) == written
+
+
+def test_ctrl_c_during_distill_export_exits_130_and_says_to_run_it_again(
+    tmp_path, monkeypatch, caplog
+):
+    import distill.deploy.artifacts as artifacts
+
+    def interrupted(run_dir, latency_repeats):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(artifacts, "export_run", interrupted)
+    assert export_main([str(tmp_path)]) == 130
+    assert "run the same command again" in caplog.text

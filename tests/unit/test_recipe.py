@@ -115,3 +115,45 @@ def test_checks_pass_within_the_tolerance_and_fail_outside_or_when_missing(tmp_p
     # A run that failed is a FAIL whatever its checks say.
     failed = write_reproduction(tmp_path, recipe, False, checks[:1], "c", error="exit 1")
     assert failed["verdict"] == "FAIL"
+
+
+class _RunStoppedByCtrlC:
+    """A distill-train child as Ctrl+C finds it: waiting on it raises KeyboardInterrupt."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.signals: list[str] = []
+        self.returncode: int | None = None
+
+    def wait(self) -> int:
+        raise KeyboardInterrupt
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def terminate(self) -> None:
+        self.signals.append("SIGTERM")
+        self.returncode = 143
+
+    def communicate(self, timeout=None):
+        return None, None
+
+
+def test_ctrl_c_during_a_reproduction_leaves_no_verdict_and_exits_130(
+    tmp_path, monkeypatch, caplog
+):
+    from distill import reproduce_run
+    from distill.cli.reproduce import main
+
+    started: list[_RunStoppedByCtrlC] = []
+
+    def popen(*args, **kwargs):
+        started.append(_RunStoppedByCtrlC())
+        return started[-1]
+
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(reproduce_run, "prepare", lambda *a: (None, ["recipe=default"], run_dir))
+    monkeypatch.setattr(reproduce_run.subprocess, "Popen", popen)
+    assert main(["default"]) == 130
+    assert started[0].signals == ["SIGTERM"]  # the run was told to stop, not left running
+    assert not (run_dir / "reproduce.json").exists()  # an interrupted run is not a FAIL
+    assert f"distill-train resume={run_dir}" in caplog.text

@@ -17,6 +17,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from distill.errors import ConfigError
+from distill.interruption import stop_process
 from distill.search import trials
 from distill.search.prepare import SearchPlan, split_overrides
 from distill.search.report import (
@@ -289,7 +290,7 @@ def test_a_stopping_search_ends_its_trial_process():
     process = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(60)"], stdout=subprocess.PIPE, text=True
     )
-    trials._stop(process)
+    stop_process(process, 60.0)
     assert process.returncode == -signal.SIGTERM
 
 
