@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -18,6 +19,12 @@ from distill.cli.train import CONF_DIR
 # Tests never reach the network: W&B stays offline even if a key is configured here.
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+# A suite started with Ctrl+C ignored (nohup, `cmd &` in a script, some CI runners) would pass
+# that on to every run it starts, and distill-train, as Python does, leaves an ignored SIGINT
+# alone: the tests that send SIGINT need it handled, here and in the processes they start.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ComposeFn = Callable[..., DictConfig]
 

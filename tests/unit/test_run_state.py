@@ -90,6 +90,16 @@ def test_ctrl_c_stops_the_fit_at_the_next_step_and_a_second_one_at_once():
         assert raised.value.signum == signal.SIGINT
 
 
+def test_a_run_started_with_ctrl_c_ignored_keeps_ignoring_it():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as under nohup or `cmd &`
+    try:
+        with Interruption().installed(slurm_requeue=False):
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_under_ddp_a_signal_only_marks_its_rank_until_the_ranks_agree(tmp_path):
     """A rank that stopped alone would leave the others in a collective: the signal waits for
     `agree`, which every rank calls at the same step boundary (one process here, gloo)."""
