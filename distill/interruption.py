@@ -73,8 +73,11 @@ class Interruption:
     def __init__(self) -> None:
         self.signum: int | None = None
         self.fit_trainer: pl.Trainer | None = None  # the student's trainer, while it fits
-        # A fit of several processes: a signal stops the fit only once the ranks agree (agree).
-        self.distributed = False
+
+    @property
+    def distributed(self) -> bool:
+        """A fit of several processes is running: a signal stops it once the ranks agree."""
+        return self.fit_trainer is not None and self.fit_trainer.world_size > 1
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
         first = self.signum is None
@@ -83,7 +86,8 @@ class Interruption:
             # no checkpoint of this moment; one saved at a step boundary since is kept.
             trainer = self.fit_trainer
             raise RunInterrupted(signum, interrupted_checkpoint(trainer) if trainer else None)
-        self.signum = signum
+        if first:  # the signal that started the stop is the one recorded
+            self.signum = signum
         if self.fit_trainer is not None:
             if first:
                 log.warning(
@@ -102,7 +106,6 @@ class Interruption:
     def fitting(self, trainer: pl.Trainer) -> Iterator[None]:
         """While the student trains: stop at the next step boundary, with a checkpoint."""
         self.fit_trainer = trainer
-        self.distributed = trainer.world_size > 1
         for callback in trainer.callbacks:  # type: ignore[attr-defined]
             if isinstance(callback, InterruptCheckpoint):
                 callback.interruption = self

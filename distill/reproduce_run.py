@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from distill.assembly import assemble
 from distill.checks import torch_threads
 from distill.config import compose_train
 from distill.errors import ConfigError
-from distill.interruption import RunInterrupted, stop_process
+from distill.interruption import Interruption, RunInterrupted, stop_process
 from distill.recipe import RECIPES_DIR, Recipe, find_recipe, read_recipe
 from distill.reproduce import check_expected_keys, compare, write_reproduction
 from distill.run_summary import SUMMARY_FILE
@@ -74,8 +73,9 @@ def reproduce(name_or_path: str, quick: bool, overrides: Sequence[str]) -> dict[
         [sys.executable, "-m", "distill.cli.train", *run_overrides, f"hydra.run.dir={run_dir}"]
     )
     try:
-        process.wait()
-    except KeyboardInterrupt:
+        with Interruption().installed(slurm_requeue=False):
+            process.wait()
+    except RunInterrupted:
         # No verdict for a run cut short: it is left resumable, and nothing claims FAIL.
         stop_process(process, RUN_STOP_S)
         log.error(
@@ -85,7 +85,7 @@ def reproduce(name_or_path: str, quick: bool, overrides: Sequence[str]) -> dict[
             run_dir,
             name_or_path,
         )
-        raise RunInterrupted(signal.SIGINT) from None
+        raise
     summary_path = run_dir / SUMMARY_FILE
     error = None
     summary: dict[str, Any] = {}

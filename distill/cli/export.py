@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here so that --help answers without loading torch.
     from distill.deploy.artifacts import describe, export_run
     from distill.errors import ConfigError, ExportError
+    from distill.interruption import Interruption, RunInterrupted
     from distill.trust import EXPORT_COMMAND_LINE, check_prefixes, trusting
 
     if args.latency_repeats < 1:
@@ -61,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         trusted = check_prefixes("--trust-targets", args.trust_targets)
-        with trusting(trusted, how_to_extend=EXPORT_COMMAND_LINE):
+        with (
+            trusting(trusted, how_to_extend=EXPORT_COMMAND_LINE),
+            Interruption().installed(slurm_requeue=False),
+        ):
             entries = export_run(args.run_dir, latency_repeats=args.latency_repeats)
     except ConfigError as error:
         log.error("Configuration error: %s", error)
@@ -69,11 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     except ExportError as error:
         log.error("Export failed, nothing was written: %s", error)
         return 1
-    except KeyboardInterrupt:
+    except RunInterrupted as interrupted:
         # The files are made in a staging folder (removed on the way out) and summary.json is
         # written last: the same command redoes the export whole.
         log.error("Interrupted: the export is not done; run the same command again")
-        return 130
+        return interrupted.exit_status
     log.info("%s", describe(entries))
     log.info("Report: %s", args.run_dir / "export" / "report.md")
     return 0

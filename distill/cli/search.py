@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-from types import FrameType
 
 log = logging.getLogger("distill")
 
@@ -42,29 +40,23 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # Imported here so that --help answers without loading torch.
     from distill.errors import ConfigError
+    from distill.interruption import RunInterrupted, signal_name
     from distill.recipe import check_recipe_overrides
-    from distill.search import SEARCH_MD, SearchInterrupted, run_search
+    from distill.search import SEARCH_MD, run_search
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise SearchInterrupted(signum)
-
-    previous = signal.signal(signal.SIGTERM, stop)
     try:
         check_recipe_overrides(args.overrides)
         result = run_search(args.overrides)
     except ConfigError as error:
         log.error("distill-search: %s", error)
         return 2
-    except (SearchInterrupted, KeyboardInterrupt) as error:
-        signum = error.signum if isinstance(error, SearchInterrupted) else signal.SIGINT
+    except RunInterrupted as interrupted:
         log.error(
             "distill-search: interrupted by %s; the same command resumes the search (with "
             "search.dir=<its directory> if that was not given)",
-            signal.Signals(signum).name,
+            signal_name(interrupted.signum),
         )
-        return 128 + signum
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        return interrupted.exit_status
     log.info("%s: %s", result["verdict"], f"{result['search_dir']}/{SEARCH_MD}")
     return 0
 

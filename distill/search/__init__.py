@@ -18,10 +18,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from distill.interruption import Interruption, RunInterrupted
 from distill.search.prepare import SearchPlan, plan_search
 from distill.search.report import SEARCH_JSON, SEARCH_MD, search_result, write_search_report
 from distill.search.study import (
-    SearchInterrupted,
     confirm_pick,
     make_sampler,
     open_study,
@@ -31,15 +31,7 @@ from distill.search.study import (
 )
 from distill.sweep_report import write_sweep_report
 
-__all__ = [
-    "SEARCH_JSON",
-    "SEARCH_MD",
-    "SearchInterrupted",
-    "SearchPlan",
-    "plan_search",
-    "run_search",
-    "search_result",
-]
+__all__ = ["SEARCH_JSON", "SEARCH_MD", "SearchPlan", "plan_search", "run_search", "search_result"]
 
 log = logging.getLogger("distill")
 
@@ -53,7 +45,8 @@ def run_search(overrides: Sequence[str]) -> dict[str, Any]:
     search_dir.mkdir(parents=True, exist_ok=True)
     # One line per trial is ours; Optuna would repeat a failed trial's whole error as a warning.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    with search_lock(search_dir):
+    # Ctrl+C, SIGTERM, SIGUSR1: RunInterrupted, which ends the running trial and queues it again.
+    with Interruption().installed(slurm_requeue=False), search_lock(search_dir):
         study = open_study(plan)
         reclaimed = reclaim_interrupted(study)
         if reclaimed:
@@ -66,7 +59,7 @@ def run_search(overrides: Sequence[str]) -> dict[str, Any]:
 
         try:
             optimize(study, plan, after_trial)
-        except SearchInterrupted:
+        except RunInterrupted:
             _write_reports(study, plan)  # the trials so far, the stopped one as interrupted
             raise
         result = _write_reports(study, plan)

@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import logging
 import shutil
-import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -26,6 +25,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from distill.errors import ConfigError
 from distill.files import exclusive_lock
+from distill.interruption import RunInterrupted
 from distill.search.prepare import SearchPlan
 from distill.search.space import Dimension
 from distill.search.trials import run_trial, trial_command, trial_dir
@@ -47,19 +47,6 @@ CONFIRMATION = "confirmation"
 
 class TrialFailed(Exception):
     """A trial's run failed; Optuna records the trial as FAIL and the search goes on."""
-
-
-class SearchInterrupted(Exception):
-    """Ctrl+C or SIGTERM stopped the search; the trial it was running is queued again, so the
-    same command resumes the search where it stopped."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
-
-    @property
-    def exit_status(self) -> int:
-        return 128 + self.signum
 
 
 def make_sampler(plan: SearchPlan, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
@@ -133,11 +120,16 @@ def reclaim_interrupted(study: optuna.Study) -> list[int]:
     queued again so the search evaluates them. Safe because one process holds the lock."""
     reclaimed = []
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        Trial(study, frozen._trial_id).set_user_attr(INTERRUPTED, True)
+        _queue_again(study, Trial(study, frozen._trial_id), frozen.params)
         study.tell(frozen.number, state=TrialState.FAIL)
-        study.enqueue_trial(frozen.params, user_attrs={RETRY_OF: frozen.number})
         reclaimed.append(frozen.number)
     return reclaimed
+
+
+def _queue_again(study: optuna.Study, trial: Trial, params: dict[str, Any]) -> None:
+    """Mark `trial` interrupted (it does not count) and queue its point as a retry of it."""
+    trial.set_user_attr(INTERRUPTED, True)
+    study.enqueue_trial(params, user_attrs={RETRY_OF: trial.number})
 
 
 def counted_trials(study: optuna.Study) -> int:
@@ -164,13 +156,11 @@ def optimize(
         trial.set_user_attr("run_dir", run_dir.name)
         try:
             outcome = run_trial(overrides, run_dir, plan.settings)
-        except (KeyboardInterrupt, SearchInterrupted) as stop:
-            # Optuna records the trial as FAIL; marked interrupted, it does not count, and its
-            # point runs again first when the search resumes (as after a kill).
-            trial.set_user_attr(INTERRUPTED, True)
-            study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
-            signum = stop.signum if isinstance(stop, SearchInterrupted) else signal.SIGINT
-            raise SearchInterrupted(signum) from stop
+        except RunInterrupted:
+            # A signal stopped the search (run_search handles them). Optuna records the trial
+            # as FAIL; its point runs again first when the search resumes, as after a kill.
+            _queue_again(study, trial, trial.params)
+            raise
         trial.set_user_attr("seconds", round(outcome.seconds, 2))
         if outcome.per_seed is not None:
             trial.set_user_attr("per_seed", {str(seed): n for seed, n in outcome.per_seed.items()})

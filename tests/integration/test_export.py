@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from distill.deploy.artifacts import export_run
 from distill.deploy.compressed import load_compressed
 from distill.deploy.onnx_runtime import OrtModel, export_onnx
 from distill.errors import ConfigError, ExportError
+from distill.interruption import RunInterrupted
 from distill.pipeline import train
 from tests.conftest import compose_train
 
@@ -283,7 +285,7 @@ def test_ctrl_c_during_distill_export_exits_130_and_says_to_run_it_again(
     import distill.deploy.artifacts as artifacts
 
     def interrupted(run_dir, latency_repeats):
-        raise KeyboardInterrupt
+        raise RunInterrupted(signal.SIGINT)  # what Ctrl+C raises
 
     monkeypatch.setattr(artifacts, "export_run", interrupted)
     assert export_main([str(tmp_path)]) == 130

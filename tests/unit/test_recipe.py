@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 from omegaconf import OmegaConf
 
 from distill.errors import ConfigError
+from distill.interruption import RunInterrupted
 from distill.recipe import RECIPES_DIR, Expectation, find_recipe, read_recipe, recipe_names
 from distill.reproduce import compare, lookup, markdown, write_reproduction
 
@@ -118,14 +121,14 @@ def test_checks_pass_within_the_tolerance_and_fail_outside_or_when_missing(tmp_p
 
 
 class _RunStoppedByCtrlC:
-    """A distill-train child as Ctrl+C finds it: waiting on it raises KeyboardInterrupt."""
+    """A distill-train child as Ctrl+C finds it: waiting on it is interrupted."""
 
     def __init__(self, *args, **kwargs) -> None:
         self.signals: list[str] = []
         self.returncode: int | None = None
 
     def wait(self) -> int:
-        raise KeyboardInterrupt
+        raise RunInterrupted(signal.SIGINT)
 
     def poll(self) -> int | None:
         return self.returncode

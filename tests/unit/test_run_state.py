@@ -109,9 +109,9 @@ def test_under_ddp_a_signal_only_marks_its_rank_until_the_ranks_agree(tmp_path):
     try:
         interruption = Interruption()
         trainer = FakeTrainer()
+        trainer.world_size = 2  # as DDP's trainer says; the group itself has this one process
         with interruption.installed(slurm_requeue=False):
             with pytest.raises(RunInterrupted) as raised, interruption.fitting(trainer):
-                interruption.distributed = True  # as `fitting` sets it for world_size > 1
                 interruption.agree(trainer)
                 assert not trainer._signal_connector.received_sigterm  # nobody was signalled
                 os.kill(os.getpid(), signal.SIGUSR1)

@@ -17,7 +17,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from distill.errors import ConfigError
-from distill.interruption import stop_process
+from distill.interruption import RunInterrupted, stop_process
 from distill.search import trials
 from distill.search.prepare import SearchPlan, split_overrides
 from distill.search.report import (
@@ -34,7 +34,6 @@ from distill.search.space import Dimension, parse_space
 from distill.search.study import (
     INTERRUPTED,
     RETRY_OF,
-    SearchInterrupted,
     confirm_pick,
     counted_trials,
     make_sampler,
@@ -252,10 +251,10 @@ def test_ctrl_c_during_a_trial_stops_the_search_and_queues_the_trial_again(tmp_p
     study.add_trial(finished_trial(0.9, 80.0))
 
     def interrupted(overrides, run_dir, settings_):
-        raise KeyboardInterrupt  # what Ctrl+C raises in the search while its trial runs
+        raise RunInterrupted(signal.SIGINT)  # what Ctrl+C raises in the search
 
     monkeypatch.setattr(trials, "_run_one", interrupted)
-    with pytest.raises(SearchInterrupted) as stopped:
+    with pytest.raises(RunInterrupted) as stopped:
         optimize(study, plan, lambda trial: None)
     assert stopped.value.exit_status == 130
     stopped_trial = study.get_trials()[1]
@@ -270,7 +269,7 @@ def test_ctrl_c_during_a_trial_stops_the_search_and_queues_the_trial_again(tmp_p
 
 @pytest.mark.parametrize(
     ("stop", "status"),
-    [(KeyboardInterrupt(), 130), (SearchInterrupted(signal.SIGTERM), 143)],
+    [(RunInterrupted(signal.SIGINT), 130), (RunInterrupted(signal.SIGTERM), 143)],
     ids=["ctrl_c", "sigterm"],
 )
 def test_a_stopped_search_exits_128_plus_the_signal(stop, status, monkeypatch, caplog):
